@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// readiness tells whether a container can take traffic (see checker).
+type readiness interface {
+	probe(ctx context.Context, ip netip.Addr) error
+	waitReady(ctx context.Context, ip netip.Addr, deadline time.Time) error
+}
+
+// ctrState is where a container of the tag is in its life with the proxy.
+type ctrState int
+
+const (
+	down     ctrState = iota // not running (and not retiring), or new
+	checking                 // started; its readiness check runs
+	serving                  // the backend for new connections
+	retiring                 // superseded; removed when its grace period ends
+	ignored                  // not ready in time; left alone, gets no traffic
+	removed                  // removal sent
+)
+
+var stateNames = [...]string{"down", "checking", "serving", "retiring", "ignored", "removed"}
+
+func (s ctrState) String() string { return stateNames[s] }
+
+// ctr is the deployer's record of one container.
+type ctr struct {
+	ctrInfo
+	state   ctrState
+	backend *backend // once it has served
+	stopped bool     // retiring, but no longer running: no rollback to it
+	gen     int      // counts checks and retirements, so stale results are dropped
+	cancel  context.CancelFunc
+}
+
+// deployer owns the swap rule: the newest ready container of the tag serves;
+// the one it replaced is retired after the grace period; any other is
+// removed at once, since it never carried a connection. It runs as one
+// goroutine, so its state needs no lock.
+type deployer struct {
+	route         *router
+	ports         []portMap
+	ready         readiness
+	retire        retirer
+	statusTimeout time.Duration
+	grace         time.Duration
+	drain         bool // retire as soon as the last connection closes
+	log           *slog.Logger
+
+	ctrs    map[string]*ctr
+	current *ctr
+	results chan result
+}
+
+// result is the outcome of a readiness check, or the end of a grace period.
+type result struct {
+	c   *ctr
+	gen int
+	err error // readiness: nil when ready
+}
+
+func newDeployer(route *router, ports []portMap, ready readiness, retire retirer, log *slog.Logger) *deployer {
+	return &deployer{
+		route:   route,
+		ports:   ports,
+		ready:   ready,
+		retire:  retire,
+		log:     log,
+		ctrs:    make(map[string]*ctr),
+		results: make(chan result),
+	}
+}
+
+// run applies changes until ctx ends. Pending checks and removals end
+// with it: a proxy that stops removes nothing.
+func (d *deployer) run(ctx context.Context, changes <-chan change) {
+	for {
+		select {
+		case ch := <-changes:
+			d.apply(ctx, ch)
+		case r := <-d.results:
+			if r.gen != r.c.gen {
+				continue // superseded by a later check or a rollback
+			}
+			switch r.c.state {
+			case checking:
+				d.checked(ctx, r.c, r.err)
+			case retiring:
+				d.remove(ctx, r.c)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// backends returns every backend that may still carry connections.
+func (d *deployer) backends() []*backend {
+	var bs []*backend
+	for _, c := range d.ctrs {
+		if c.backend != nil && c.state != removed {
+			bs = append(bs, c.backend)
+		}
+	}
+	return bs
+}
+
+func (d *deployer) apply(ctx context.Context, ch change) {
+	switch ch.kind {
+	case started:
+		d.started(ctx, ch.ctr)
+	case stopped:
+		d.stopped(ch.id)
+	case synced:
+		if ch.initial {
+			d.startup(ctx, ch.list)
+			return
+		}
+		running := make(map[string]bool, len(ch.list))
+		for _, info := range ch.list {
+			running[info.id] = true
+			d.started(ctx, info)
+		}
+		for id, c := range d.ctrs {
+			if !running[id] && (c.state == checking || c.state == serving) {
+				d.stopped(id)
+			}
+		}
+	}
+}
+
+// startup handles the containers that run when the proxy starts: each is
+// probed once, the newest ready one serves, and every other one is removed
+// at once, except a newer one that is still starting (a deploy in
+// progress), which is checked like any new container.
+func (d *deployer) startup(ctx context.Context, list []ctrInfo) {
+	slices.SortFunc(list, func(a, b ctrInfo) int {
+		switch {
+		case a.id == b.id:
+			return 0
+		case newer(a, b):
+			return -1
+		}
+		return 1
+	})
+	ok := make([]bool, len(list))
+	var wg sync.WaitGroup
+	for i, info := range list {
+		wg.Go(func() { ok[i] = d.ready.probe(ctx, info.ip) == nil })
+	}
+	wg.Wait()
+	for i, info := range list {
+		c := &ctr{ctrInfo: info}
+		d.ctrs[info.id] = c
+		switch {
+		case ok[i] && d.current == nil:
+			d.promote(ctx, c)
+		case d.current == nil || newer(info, d.current.ctrInfo):
+			d.check(ctx, c)
+		default:
+			d.removeNow(ctx, c, "start-up clean-up")
+		}
+	}
+	if d.current == nil && len(list) == 0 {
+		d.log.Warn("no container of the tag is running yet")
+	}
+}
+
+// started handles a container of the tag that started or restarted.
+func (d *deployer) started(ctx context.Context, info ctrInfo) {
+	c, known := d.ctrs[info.id]
+	if known && c.started.Equal(info.started) {
+		return // the same start, seen again (a list after an event)
+	}
+	if !known {
+		c = &ctr{ctrInfo: info}
+		d.ctrs[info.id] = c
+	}
+	switch c.state {
+	case checking, serving:
+		d.stopped(info.id) // the stop was missed; count it now
+	case retiring, removed:
+		c.ctrInfo = info
+		return // on its way out already
+	}
+	c.ctrInfo = info
+	if d.current != nil && !newer(info, d.current.ctrInfo) {
+		d.removeNow(ctx, c, "older than the serving container")
+		return
+	}
+	d.check(ctx, c)
+}
+
+// check starts the readiness check of c.
+func (d *deployer) check(ctx context.Context, c *ctr) {
+	c.state = checking
+	c.gen++
+	cctx, cancel := context.WithCancel(ctx)
+	c.cancel = cancel
+	deadline := time.Now().Add(d.statusTimeout)
+	gen, ip := c.gen, c.ip
+	d.log.Info("checking readiness", "container", c.short(), "addr", ip)
+	go func() {
+		err := d.ready.waitReady(cctx, ip, deadline)
+		select {
+		case d.results <- result{c: c, gen: gen, err: err}:
+		case <-cctx.Done():
+		}
+	}()
+}
+
+// checked takes the outcome of c's readiness check.
+func (d *deployer) checked(ctx context.Context, c *ctr, err error) {
+	c.cancel()
+	switch {
+	case err != nil:
+		c.state = ignored
+		d.log.Warn("ignored: not ready in time", "container", c.short(), "addr", c.ip, "timeout", d.statusTimeout, "err", err)
+	case d.current == nil || newer(c.ctrInfo, d.current.ctrInfo):
+		d.promote(ctx, c)
+	default:
+		d.removeNow(ctx, c, "older than the serving container")
+	}
+}
+
+// promote makes c the backend for new connections, retires the container
+// it replaces, and removes older ones that never served.
+func (d *deployer) promote(ctx context.Context, c *ctr) {
+	old := d.current
+	c.state = serving
+	c.gen++
+	c.backend = newBackend(c.id, c.ip, d.ports)
+	d.current = c
+	d.route.store(c.backend)
+	if old != nil {
+		d.log.Info("swap", "container", c.short(), "addr", c.ip, "previous", old.short())
+		d.startRetiring(ctx, old)
+	} else {
+		d.log.Info("serving", "container", c.short(), "addr", c.ip)
+	}
+	for _, o := range d.ctrs {
+		if (o.state == checking || o.state == ignored) && newer(c.ctrInfo, o.ctrInfo) {
+			d.removeNow(ctx, o, "older than the serving container")
+		}
+	}
+}
+
+// startRetiring starts c's grace period; with -drain it ends early once c
+// carries no connection.
+func (d *deployer) startRetiring(ctx context.Context, c *ctr) {
+	c.state = retiring
+	c.gen++
+	gen := c.gen
+	cctx, cancel := context.WithTimeout(ctx, d.grace)
+	c.cancel = cancel
+	var drained <-chan struct{}
+	if d.drain {
+		drained = c.backend.drained()
+	}
+	go func() {
+		select {
+		case <-cctx.Done():
+			if !errors.Is(cctx.Err(), context.DeadlineExceeded) || ctx.Err() != nil {
+				return // a rollback, or the proxy stops
+			}
+		case <-drained:
+		}
+		select {
+		case d.results <- result{c: c, gen: gen}:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// stopped handles a container of the tag that stopped or went away.
+func (d *deployer) stopped(id string) {
+	c, ok := d.ctrs[id]
+	if !ok {
+		return
+	}
+	switch c.state {
+	case checking:
+		c.cancel()
+		c.state = down
+	case serving:
+		c.state = down
+		n := c.backend.closeAll()
+		d.current = nil
+		d.log.Warn("serving container stopped", "container", c.short(), "addr", c.ip, "closed", n)
+		d.rollback()
+	case retiring:
+		c.stopped = true
+	case removed:
+		delete(d.ctrs, id)
+	default:
+		c.state = down
+	}
+}
+
+// rollback serves the newest retiring container that still runs, if any,
+// and cancels its removal.
+func (d *deployer) rollback() {
+	var best *ctr
+	for _, c := range d.ctrs {
+		if c.state == retiring && !c.stopped && (best == nil || newer(c.ctrInfo, best.ctrInfo)) {
+			best = c
+		}
+	}
+	if best == nil {
+		d.route.store(nil)
+		d.log.Warn("no ready container: new connections wait for one")
+		return
+	}
+	best.cancel()
+	best.state = serving
+	best.gen++
+	d.current = best
+	d.route.store(best.backend)
+	d.log.Warn("rollback", "container", best.short(), "addr", best.ip)
+}
+
+// remove ends c's grace period: it closes what c still carries, then
+// retires the container.
+func (d *deployer) remove(ctx context.Context, c *ctr) {
+	n := c.backend.closeAll()
+	d.removeNow(ctx, c, "grace period over", "closed", n)
+}
+
+// removeNow retires c (docker rm -f by default) without waiting.
+func (d *deployer) removeNow(ctx context.Context, c *ctr, why string, args ...any) {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.state = removed
+	c.gen++
+	args = append([]any{"container", c.short(), "addr", c.ip, "reason", why}, args...)
+	go func() {
+		if err := d.retire.retire(ctx, c.id); err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("retire failed", append(args, "err", err)...)
+			}
+			return
+		}
+		d.log.Info(d.retire.String(), args...)
+	}()
+}

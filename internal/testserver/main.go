@@ -1,0 +1,135 @@
+// Testserver is the service that docker-proxy's tests and demo deploy. It
+// runs FROM scratch in a container and reports which container answered,
+// so a test can tell old from new.
+//
+//	-http ADDR       HTTP: / answers the hostname (the container's short id),
+//	                 /version adds $VERSION, /status answers 200 once ready,
+//	                 /slow?ms=N answers after N ms
+//	-echo ADDR       raw TCP echo; half-closes its side after the client's EOF
+//	-ready_after D   /status answers 503 until D after start
+//	-fail_status     /status always answers 500
+//	-unready_after D /status answers 503 again D after it became ready
+//	-exit_after D    exit(3) D after becoming ready (a crash after a deploy)
+//	-check URL       client mode for a HEALTHCHECK: exit 0 if URL answers 200
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	var (
+		httpAddr     = flag.String("http", ":80", "HTTP listen address (empty: none)")
+		echoAddr     = flag.String("echo", "", "TCP echo listen address (empty: none)")
+		readyAfter   = flag.Duration("ready_after", 0, "answer /status with 503 until this long after start")
+		failStatus   = flag.Bool("fail_status", false, "answer /status with 500 forever")
+		unreadyAfter = flag.Duration("unready_after", 0, "answer /status with 503 again this long after becoming ready")
+		exitAfter    = flag.Duration("exit_after", 0, "exit this long after becoming ready")
+		check        = flag.String("check", "", "GET this URL and exit 0 on 200, 1 otherwise")
+	)
+	flag.Parse()
+	if *check != "" {
+		os.Exit(checkURL(*check))
+	}
+	host, _ := os.Hostname()
+	start := time.Now()
+	readyAt := start.Add(*readyAfter)
+	if *exitAfter > 0 {
+		time.AfterFunc(*readyAfter+*exitAfter, func() {
+			log.Printf("exiting on purpose")
+			os.Exit(3)
+		})
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, host)
+	})
+	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "version %s container %s\n", os.Getenv("VERSION"), host)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now()
+		switch {
+		case *failStatus:
+			http.Error(w, "failing on purpose", http.StatusInternalServerError)
+		case now.Before(readyAt):
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		case *unreadyAfter > 0 && now.After(readyAt.Add(*unreadyAfter)):
+			http.Error(w, "unready on purpose", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok", host)
+		}
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprintln(w, host)
+	})
+	srv := &http.Server{Addr: *httpAddr, Handler: mux}
+	if *httpAddr != "" {
+		go func() {
+			if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+				log.Fatal(err)
+			}
+		}()
+	}
+	if *echoAddr != "" {
+		ln, err := net.Listen("tcp", *echoAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go serveEcho(ln)
+	}
+
+	// As PID 1 in a container a signal without a handler is ignored, so
+	// handle SIGTERM to let docker stop end the server at once.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	<-sig
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
+}
+
+func serveEcho(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+			_ = c.(*net.TCPConn).CloseWrite()
+		}()
+	}
+}
+
+func checkURL(url string) int {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
+}

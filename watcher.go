@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+)
+
+// dockerAPI holds the only Docker calls the proxy makes, so that fakes stay
+// small and a move to another client touches this file alone.
+type dockerAPI interface {
+	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
+	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	ContainerRemove(ctx context.Context, id string, options container.RemoveOptions) error
+	ContainerStop(ctx context.Context, id string, options container.StopOptions) error
+}
+
+// ctrInfo is what the proxy knows of one running container of the tag.
+type ctrInfo struct {
+	id      string
+	created time.Time // orders containers: the newest ready one serves
+	started time.Time // tells a restart from a repeated event
+	ip      netip.Addr
+}
+
+func (c ctrInfo) short() string { return shortID(c.id) }
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// newer reports whether a should serve rather than b: it was created later
+// (the id breaks a tie, so the order is total).
+func newer(a, b ctrInfo) bool {
+	if !a.created.Equal(b.created) {
+		return a.created.After(b.created)
+	}
+	return a.id > b.id
+}
+
+// changeKind says what happened to containers of the tag.
+type changeKind int
+
+const (
+	started changeKind = iota // ctr started, or restarted
+	stopped                   // id stopped or was removed
+	synced                    // list holds every running container of the tag
+)
+
+// change is what the watcher tells the deployer.
+type change struct {
+	kind    changeKind
+	ctr     ctrInfo   // started
+	id      string    // stopped
+	list    []ctrInfo // synced
+	initial bool      // synced: the list made at start-up
+}
+
+// tagMatcher tells whether an image reference names the -tag image.
+// References are compared after normalisation, so "myapp", "myapp:latest"
+// and "docker.io/library/myapp:latest" are the same.
+type tagMatcher struct {
+	want reference.Named
+}
+
+func newTagMatcher(tag string) (tagMatcher, error) {
+	ref, err := normalizeRef(tag)
+	if err != nil {
+		return tagMatcher{}, fmt.Errorf("%q: want an image reference like myapp:latest: %w", tag, err)
+	}
+	return tagMatcher{want: ref}, nil
+}
+
+func normalizeRef(s string) (reference.Named, error) {
+	ref, err := reference.ParseNormalizedNamed(s)
+	if err != nil {
+		return nil, err
+	}
+	return reference.TagNameOnly(ref), nil
+}
+
+func (m tagMatcher) String() string { return reference.FamiliarString(m.want) }
+
+func (m tagMatcher) match(image string) bool {
+	ref, err := normalizeRef(image)
+	return err == nil && ref.String() == m.want.String()
+}
+
+// eventFilter asks the daemon only for container events of the image's
+// repository. The daemon compares the image name with its tag stripped, so
+// every tag of the repository still arrives; match() picks ours.
+func (m tagMatcher) eventFilter() filters.Args {
+	return filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)),
+		filters.Arg("image", reference.FamiliarName(m.want)),
+		filters.Arg("image", m.want.Name()),
+	)
+}
+
+// watcher follows the containers of one tag through the daemon's event
+// stream and reports them to the deployer as changes.
+type watcher struct {
+	docker dockerAPI
+	tag    tagMatcher
+	log    *slog.Logger
+	out    chan<- change
+}
+
+// Event stream reconnection backoff.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// run subscribes to events, lists the running containers of the tag and
+// then follows events, until ctx ends. When the stream breaks it subscribes
+// again with Since set to the last event seen, and lists again, so a
+// container started during the gap is not missed.
+func (w *watcher) run(ctx context.Context) error {
+	var (
+		since   string
+		backoff time.Duration
+		initial = true
+	)
+	for {
+		err := w.follow(ctx, since, initial, func(ev events.Message) {
+			since = eventTime(ev)
+			backoff = 0
+		}, func() {
+			if !initial && backoff > 0 {
+				w.log.Info("event stream restored")
+			}
+			initial = false
+			backoff = 0
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if backoff == 0 {
+			w.log.Warn("event stream lost, reconnecting", "err", err, "backoff", minBackoff)
+		} else {
+			w.log.Debug("event stream still down", "err", err, "backoff", backoff)
+		}
+		backoff = min(max(2*backoff, minBackoff), maxBackoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// follow makes one subscription: it subscribes, lists, then relays events
+// until the stream fails. seen is called for every event, listed once the
+// list has been sent.
+func (w *watcher) follow(ctx context.Context, since string, initial bool, seen func(events.Message), listed func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs, errs := w.docker.Events(ctx, events.ListOptions{Since: since, Filters: w.tag.eventFilter()})
+	list, err := w.list(ctx)
+	if err != nil {
+		return err
+	}
+	if !w.send(ctx, change{kind: synced, list: list, initial: initial}) {
+		return ctx.Err()
+	}
+	listed()
+	for {
+		select {
+		case ev := <-msgs:
+			seen(ev)
+			if c, ok := w.translate(ctx, ev); ok && !w.send(ctx, c) {
+				return ctx.Err()
+			}
+		case err := <-errs:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (w *watcher) send(ctx context.Context, c change) bool {
+	select {
+	case w.out <- c:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// eventTime renders an event's time as the Since of a later subscription.
+func eventTime(ev events.Message) string {
+	return fmt.Sprintf("%d.%09d", ev.TimeNano/1e9, ev.TimeNano%1e9)
+}
+
+// translate turns a daemon event into a change, if it is one of ours.
+func (w *watcher) translate(ctx context.Context, ev events.Message) (change, bool) {
+	if ev.Type != events.ContainerEventType || !w.tag.match(ev.Actor.Attributes["image"]) {
+		return change{}, false
+	}
+	switch ev.Action {
+	case events.ActionStart:
+		info, running, err := w.inspect(ctx, ev.Actor.ID)
+		if err != nil {
+			w.log.Error("inspect failed", "container", shortID(ev.Actor.ID), "tag", w.tag, "err", err)
+			return change{}, false
+		}
+		if !running {
+			return change{kind: stopped, id: ev.Actor.ID}, true
+		}
+		return change{kind: started, ctr: info}, true
+	case events.ActionDie, events.ActionDestroy:
+		return change{kind: stopped, id: ev.Actor.ID}, true
+	}
+	return change{}, false
+}
+
+// list returns the running containers of the tag. The list reports a
+// container's image as the reference it was created with, unless that
+// reference now names another image (the tag was rebuilt for a deploy):
+// then it reports the image id, and only inspect tells the reference.
+func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
+	all, err := w.docker.ContainerList(ctx, container.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var list []ctrInfo
+	for _, c := range all {
+		if !w.tag.match(c.Image) && c.Image != c.ImageID && !strings.HasPrefix(c.Image, "sha256:") {
+			continue
+		}
+		info, running, err := w.inspect(ctx, c.ID)
+		if err != nil {
+			w.log.Debug("inspect failed", "container", shortID(c.ID), "err", err)
+			continue
+		}
+		if running {
+			list = append(list, info)
+		}
+	}
+	return list, nil
+}
+
+// errNotOurs says that an inspected container was not made from the tag.
+var errNotOurs = fmt.Errorf("not made from the tag")
+
+// inspect reads a container of the tag, and whether it is running.
+func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error) {
+	c, err := w.docker.ContainerInspect(ctx, id)
+	if err != nil {
+		return ctrInfo{}, false, fmt.Errorf("inspect %s: %w", shortID(id), err)
+	}
+	if c.ContainerJSONBase == nil || c.State == nil || c.Config == nil || !w.tag.match(c.Config.Image) {
+		return ctrInfo{}, false, errNotOurs
+	}
+	info := ctrInfo{id: c.ID}
+	info.created, _ = time.Parse(time.RFC3339Nano, c.Created)
+	info.started, _ = time.Parse(time.RFC3339Nano, c.State.StartedAt)
+	if !c.State.Running {
+		return info, false, nil
+	}
+	ip, network, err := containerIP(c.NetworkSettings)
+	if err != nil {
+		return info, false, fmt.Errorf("container %s: %w", shortID(id), err)
+	}
+	info.ip = ip
+	w.log.Debug("inspected", "container", info.short(), "addr", ip, "network", network)
+	return info, true, nil
+}
+
+// containerIP picks the address the proxy dials: the one on the default
+// bridge if the container has it, else the one on the first of its networks
+// in name order, so that the choice is the same every time.
+func containerIP(ns *container.NetworkSettings) (netip.Addr, string, error) {
+	if ns == nil {
+		return netip.Addr{}, "", fmt.Errorf("no network settings")
+	}
+	names := make([]string, 0, len(ns.Networks))
+	for name, ep := range ns.Networks {
+		if ep != nil && ep.IPAddress != "" {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	if i := slices.Index(names, "bridge"); i > 0 {
+		names[0], names[i] = names[i], names[0]
+	}
+	if len(names) == 0 {
+		return netip.Addr{}, "", fmt.Errorf("no IP address on any network")
+	}
+	ip, err := netip.ParseAddr(ns.Networks[names[0]].IPAddress)
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("network %s: %w", names[0], err)
+	}
+	return ip, names[0], nil
+}
