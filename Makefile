@@ -6,7 +6,7 @@ GO       ?= go
 GOFLAGS_BUILD := -trimpath
 PREFIX   ?= /usr/local
 
-.PHONY: build test image demo lint bench bench-quick soak fuzz install clean
+.PHONY: build test image demo lint bench bench-quick gobench soak fuzz install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN) .
@@ -39,3 +39,15 @@ install: build
 
 clean:
 	rm -rf bin
+
+# Benchmarks against the real daemon: docker-proxy beside a direct
+# connection, HAProxy and a bare Go splice proxy (see bench/).
+bench:
+	$(GO) run ./bench
+
+bench-quick:
+	$(GO) run ./bench -quick
+
+# Go benchmarks of the accept-dial-copy path on loopback.
+gobench:
+	$(GO) test -run '^$$' -bench . -benchmem .

@@ -20,7 +20,7 @@ type readiness interface {
 type ctrState int
 
 const (
-	down     ctrState = iota // not running (and not retiring), or new
+	fresh    ctrState = iota // just seen, nothing decided yet
 	checking                 // started; its readiness check runs
 	serving                  // the backend for new connections
 	retiring                 // superseded; removed when its grace period ends
@@ -28,7 +28,7 @@ const (
 	removed                  // removal sent
 )
 
-var stateNames = [...]string{"down", "checking", "serving", "retiring", "ignored", "removed"}
+var stateNames = [...]string{"fresh", "checking", "serving", "retiring", "ignored", "removed"}
 
 func (s ctrState) String() string { return stateNames[s] }
 
@@ -131,7 +131,7 @@ func (d *deployer) apply(ctx context.Context, ch change) {
 			d.started(ctx, info)
 		}
 		for id, c := range d.ctrs {
-			if !running[id] && (c.state == checking || c.state == serving) {
+			if !running[id] && c.state != removed {
 				d.stopped(id)
 			}
 		}
@@ -176,23 +176,21 @@ func (d *deployer) startup(ctx context.Context, list []ctrInfo) {
 }
 
 // started handles a container of the tag that started or restarted.
+
 func (d *deployer) started(ctx context.Context, info ctrInfo) {
 	c, known := d.ctrs[info.id]
-	if known && c.started.Equal(info.started) {
-		return // the same start, seen again (a list after an event)
+	if known {
+		switch {
+		case c.started.Equal(info.started):
+			return // the same start, seen again (a list after an event)
+		case c.state == retiring || c.state == removed:
+			c.ctrInfo = info
+			return // on its way out already
+		}
+		d.stopped(info.id) // a restart whose stop was missed: count it now
 	}
-	if !known {
-		c = &ctr{ctrInfo: info}
-		d.ctrs[info.id] = c
-	}
-	switch c.state {
-	case checking, serving:
-		d.stopped(info.id) // the stop was missed; count it now
-	case retiring, removed:
-		c.ctrInfo = info
-		return // on its way out already
-	}
-	c.ctrInfo = info
+	c = &ctr{ctrInfo: info}
+	d.ctrs[info.id] = c
 	if d.current != nil && !newer(info, d.current.ctrInfo) {
 		d.removeNow(ctx, c, "older than the serving container")
 		return
@@ -288,22 +286,18 @@ func (d *deployer) stopped(id string) {
 		return
 	}
 	switch c.state {
+	case retiring:
+		c.stopped = true // removed when its grace period ends, as planned
+		return
 	case checking:
 		c.cancel()
-		c.state = down
 	case serving:
-		c.state = down
 		n := c.backend.closeAll()
 		d.current = nil
 		d.log.Warn("serving container stopped", "container", c.short(), "addr", c.ip, "closed", n)
 		d.rollback()
-	case retiring:
-		c.stopped = true
-	case removed:
-		delete(d.ctrs, id)
-	default:
-		c.state = down
 	}
+	delete(d.ctrs, id) // a later start is a new container to the deployer
 }
 
 // rollback serves the newest retiring container that still runs, if any,

@@ -113,8 +113,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if net.ParseIP(cfg.address) == nil {
 		return cfg, fmt.Errorf("invalid value %q for flag -address: want an IP address, like 0.0.0.0", cfg.address)
 	}
-	if _, err := client.ParseHostURL(cfg.docker); err != nil {
-		return cfg, fmt.Errorf("invalid value %q for flag -docker: want unix:///path or tcp://host:port: %w", cfg.docker, err)
+	if u, err := client.ParseHostURL(cfg.docker); err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
+		return cfg, fmt.Errorf("invalid value %q for flag -docker: want unix:///path or tcp://host:port", cfg.docker)
 	}
 	return cfg, nil
 }

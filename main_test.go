@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseFlagsDefaults(t *testing.T) {
+	cfg, err := parseFlags([]string{"-tag", "myapp", "-ports", "80,443=3000"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config{
+		address: "0.0.0.0", docker: "unix:///var/run/docker.sock",
+		ports:         []portMap{{80, 80}, {443, 3000}},
+		statusTimeout: 10 * time.Second, tag: "myapp", grace: 10 * time.Second,
+		hold: 5 * time.Second, retire: retireRemove, shutdown: 10 * time.Second,
+	}
+	if got := cfg; !equalConfig(got, want) {
+		t.Errorf("got %+v; want %+v", got, want)
+	}
+}
+
+func equalConfig(a, b config) bool {
+	return reflect.DeepEqual(a, b)
+}
+
+func TestParseFlagsAll(t *testing.T) {
+	cfg, err := parseFlags([]string{
+		"-address", "127.0.0.1", "-docker", "tcp://127.0.0.1:2375", "-ports", "8080=80",
+		"-status_url", ":80/server-status", "-status_timeout", "3s", "-tag", "docker.io/library/web:v2",
+		"-grace_period", "0", "-hold_timeout", "0", "-drain", "-stop_timeout", "2s", "-retire", "stop",
+		"-shutdown_timeout", "1s", "-max_conns", "100",
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config{
+		address: "127.0.0.1", docker: "tcp://127.0.0.1:2375", ports: []portMap{{8080, 80}},
+		statusURL: statusURL{port: 80, uri: "/server-status"}, statusTimeout: 3 * time.Second,
+		tag: "docker.io/library/web:v2", hold: 0, drain: true, stopTimeout: 2 * time.Second,
+		retire: retireStop, shutdown: time.Second, maxConns: 100,
+	}
+	if !equalConfig(cfg, want) {
+		t.Errorf("got %+v; want %+v", cfg, want)
+	}
+}
+
+// TestParseFlagsErrors: every bad value is named in the one error line.
+func TestParseFlagsErrors(t *testing.T) {
+	base := []string{"-tag", "myapp", "-ports", "80"}
+	tests := []struct {
+		args []string
+		want string // in the error
+	}{
+		{[]string{"-ports", "80"}, "missing -tag"},
+		{[]string{"-tag", "myapp"}, "missing -ports"},
+		{append(base, "-ports", "abc"), `"abc"`},
+		{append(base, "-ports", "0"), `"0"`},
+		{append(base, "-ports", "70000"), `"70000"`},
+		{append(base, "-ports", "80="), `"80="`},
+		{append(base, "-ports", "80,,81"), "empty item"},
+		{append(base, "-ports", "80,80=3000"), "listed twice"},
+		{append(base, "-ports", ""), "empty item"},
+		{append(base, "-grace_period", "soon"), `"soon"`},
+		{append(base, "-grace_period", "-1s"), `"-1s"`},
+		{append(base, "-status_timeout", "10"), `"10"`},
+		{append(base, "-status_url", "80/status"), `"80/status"`},
+		{append(base, "-status_url", "http://x/status"), `"http://x/status"`},
+		{append(base, "-retire", "kill"), `"kill"`},
+		{append(base, "-max_conns", "-1"), "-max_conns -1"},
+		{append(base, "-address", "nowhere"), `"nowhere"`},
+		{append(base, "-docker", "ftp://x"), `"ftp://x"`},
+		{append(base, "extra"), `"extra"`},
+		{append(base, "-nope"), "-nope"},
+		{[]string{"-ports", "80", "-tag", "Not A Tag"}, `"Not A Tag"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, err := parseFlags(tt.args, io.Discard)
+			if err == nil {
+				t.Fatalf("no error; want one containing %s", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %q; want it to contain %s", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("got %q; want one line", err)
+			}
+		})
+	}
+}
+
+func TestParseFlagsHelp(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseFlags([]string{"-h"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("got %v; want flag.ErrHelp", err)
+	}
+	for _, want := range []string{
+		"-address address", `(default "0.0.0.0")`, "-docker URL", `(default "unix:///var/run/docker.sock")`,
+		"-ports ports", "-status_url :PORT/URI", "-status_timeout", "(default 10s)", "-tag reference",
+		"-grace_period", "-hold_timeout", "(default 5s)",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("-h output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// proxyBinary builds the docker-proxy binary once per test run.
+func proxyBinary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dockerproxy-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "docker-proxy")
+		binErr = goBuild(binPath, ".")
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// TestBinaryUsageErrors: bad input exits 2 at once with one line on stderr
+// naming the bad value.
+func TestBinaryUsageErrors(t *testing.T) {
+	bin := proxyBinary(t)
+	for _, args := range [][]string{
+		{"-tag", "myapp", "-ports", "abc"},
+		{"-tag", "myapp", "-ports", "80", "-grace_period", "-5s"},
+		{"-ports", "80"},
+	} {
+		cmd := exec.Command(bin, args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("%v: got %v; want exit status 2", args, err)
+		}
+		if lines := strings.Count(stderr.String(), "\n"); lines != 1 {
+			t.Errorf("%v: stderr has %d lines; want 1:\n%s", args, lines, stderr.String())
+		}
+	}
+}
+
+func TestBinaryHelpExitsZero(t *testing.T) {
+	out, err := exec.Command(proxyBinary(t), "-h").CombinedOutput()
+	if err != nil {
+		t.Fatalf("-h: %v", err)
+	}
+	if !strings.Contains(string(out), "-grace_period") {
+		t.Errorf("-h output lacks -grace_period:\n%s", out)
+	}
+}
+
+func TestBinaryUnreachableDaemon(t *testing.T) {
+	url := "unix://" + filepath.Join(t.TempDir(), "no-docker.sock")
+	cmd := exec.Command(proxyBinary(t), "-tag", "myapp", "-ports", "80", "-docker", url)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("got %v; want exit status 1", err)
+	}
+	if !strings.Contains(string(out), url) {
+		t.Errorf("output does not name %s:\n%s", url, out)
+	}
+}
+
+// TestDockerBinarySIGTERM: on SIGTERM the proxy stops accepting, lets an
+// in-flight request finish, exits 0 and removes no container.
+func TestDockerBinarySIGTERM(t *testing.T) {
+	tag := newTag(t, "v1")
+	svc := startCtr(t, tag)
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.Command(proxyBinary(t), "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
+		"-tag", tag, "-shutdown_timeout", "10s")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", logs.String())
+		}
+	})
+	waitServed(t, addr, svc, 10*time.Second)
+
+	slow := make(chan error, 1)
+	go func() {
+		body, err := httpGet(addr, "/slow?ms=1500")
+		if err == nil && body != svc.host {
+			err = errors.New("answered by " + body)
+		}
+		slow <- err
+	}()
+	// Signal once the request is in flight: the proxy carries it.
+	eventually(t, 5*time.Second, "request in flight", func() bool {
+		return strings.Contains(connectionsTo(t, svc), "ESTAB")
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-slow; err != nil {
+		t.Fatalf("in-flight request across SIGTERM: %v", err)
+	}
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Fatalf("exit: %v; want status 0", waitErr)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the proxy did not exit after SIGTERM")
+	}
+	if _, err := httpGet(addr, "/"); err == nil {
+		t.Error("the port still accepts after exit")
+	}
+	if !ctrRunning(t, svc.id) {
+		t.Error("the proxy removed its container on the way out")
+	}
+}
+
+// connectionsTo lists the TCP connections to c's address on port 80, as ss
+// prints them (the proxy's side of a forwarded connection).
+func connectionsTo(t testing.TB, c testCtr) string {
+	t.Helper()
+	out, err := exec.Command("ss", "-tn", "dst", c.ip.String()+":80").Output()
+	if err != nil {
+		t.Fatalf("ss: %v", err)
+	}
+	return string(out)
+}
