@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -155,6 +154,7 @@ type pair struct {
 	client, server *net.TCPConn
 	backend        *backend
 	prev, next     *pair        // in backend.conns
+	up, down       copier       // client to server, server to client
 	running        atomic.Int32 // copy directions still running
 	proxy          *proxy
 }
@@ -318,16 +318,17 @@ func (p *proxy) connectHeld(ctx context.Context, i int, b *backend) (*backend, *
 
 var errNoBackend = errors.New("no ready container")
 
-// clientToServer and serverToClient copy one direction each. io.Copy
-// between two *net.TCPConn uses splice(2) on Linux: the bytes never enter
-// user space. Do not wrap either connection; that turns splice off.
+// clientToServer and serverToClient copy one direction each, with io.Copy
+// between two *net.TCPConn, which uses splice(2) on Linux: the bytes never
+// enter user space (see copier). Do not wrap either connection; that turns
+// splice off.
 func (p *pair) clientToServer() {
-	_, err := io.Copy(p.server, p.client)
+	_, err := p.up.copy(p.server, p.client)
 	p.halfClose(p.server, p.client, err)
 }
 
 func (p *pair) serverToClient() {
-	_, err := io.Copy(p.client, p.server)
+	_, err := p.down.copy(p.client, p.server)
 	p.halfClose(p.client, p.server, err)
 }
 
