@@ -27,6 +27,12 @@ lint:
 	$(GO) vet ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# The long soak: 20 deploys under load, with -drain off and on; prints the
+# counts. (make test runs the same test with 3 deploys.)
+soak:
+	@mkdir -p bin; DOCKER_PROXY_SOAK_DEPLOYS=20 $(GO) test -race -count=1 -timeout 30m -run '^TestDockerSoak$$' -v . >bin/soak.log 2>&1; \
+		status=$$?; grep -E 'deploys|^(---|ok|FAIL)' bin/soak.log; exit $$status
+
 # Short fuzz runs of the input parsers (the seed corpus runs in make test).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePorts$$' -fuzztime 5s .

@@ -1,5 +1,3 @@
-//go:build linux
-
 package main
 
 import (
@@ -11,13 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// copier copies one direction of a pair. io.Copy between two *net.TCPConn
-// splices (the bytes never enter user space), but while it waits for data
-// it holds a pipe: two file descriptors and up to 1 MiB of kernel buffer
-// per direction, for the whole life of an idle connection. So copier waits
-// for readability first, holding nothing, then splices exactly the bytes
-// the kernel has queued (io.Copy still splices for an *io.LimitedReader
-// around a *net.TCPConn), and the pipe goes back to the pool at once.
+// copier moves the bytes of one direction of a pair. io.Copy between two
+// *net.TCPConn splices (the bytes never enter user space), but while it
+// waits for data it holds a pipe: two file descriptors and up to 1 MiB of
+// kernel buffer per direction, for the whole life of an idle connection.
+// So a copier waits for readability first, holding nothing, then splices
+// exactly the bytes the kernel has queued (io.Copy still splices for an
+// *io.LimitedReader around a *net.TCPConn), and the pipe goes back to the
+// pool at once. Linux only, like the Docker bridge it serves.
 type copier struct {
 	src   *net.TCPConn
 	raw   syscall.RawConn
@@ -28,34 +27,44 @@ type copier struct {
 	peek  [1]byte
 }
 
-func (c *copier) init(src *net.TCPConn) error {
+// from makes src the connection c reads.
+func (c *copier) from(src *net.TCPConn) error {
 	raw, err := src.SyscallConn()
 	if err != nil {
 		return err
 	}
-	c.src, c.raw, c.check = src, raw, c.queued
+	c.src, c.raw = src, raw
+	if c.check == nil {
+		c.check = c.queued
+	}
 	return nil
 }
 
-// copy copies src to dst until EOF or an error, like io.Copy. A copier
-// serves one src for its whole life.
-func (c *copier) copy(dst, src *net.TCPConn) (int64, error) {
-	if c.raw == nil {
-		if err := c.init(src); err != nil {
-			return 0, err
-		}
+// wait blocks until src has bytes queued, and returns how many; 0 means
+// EOF.
+func (c *copier) wait() (int, error) {
+	if err := c.raw.Read(c.check); err != nil {
+		return 0, err
 	}
+	return c.n, c.err
+}
+
+// send splices n queued bytes from src to dst.
+func (c *copier) send(dst *net.TCPConn, n int) (int64, error) {
+	c.lr.R, c.lr.N = c.src, int64(n)
+	return io.Copy(dst, &c.lr)
+}
+
+// copy copies src to dst until EOF or an error, like io.Copy.
+func (c *copier) copy(dst *net.TCPConn) (int64, error) {
 	var written int64
 	for {
-		if err := c.raw.Read(c.check); err != nil {
+		n, err := c.wait()
+		if err != nil || n == 0 {
 			return written, err
 		}
-		if c.err != nil || c.n == 0 {
-			return written, c.err // n == 0: EOF
-		}
-		c.lr.R, c.lr.N = c.src, int64(c.n)
-		n, err := io.Copy(dst, &c.lr)
-		written += n
+		m, err := c.send(dst, n)
+		written += m
 		if err != nil {
 			return written, err
 		}

@@ -54,6 +54,7 @@ type deployer struct {
 	statusTimeout time.Duration
 	grace         time.Duration
 	drain         bool // retire as soon as the last connection closes
+	watch         bool // a status URL is set: watch a new container during the grace period
 	log           *slog.Logger
 
 	ctrs    map[string]*ctr
@@ -95,7 +96,9 @@ func (d *deployer) run(ctx context.Context, changes <-chan change) {
 			case checking:
 				d.checked(ctx, r.c, r.err)
 			case retiring:
-				d.remove(ctx, r.c)
+				d.removeNow(ctx, r.c, "grace period over")
+			case serving:
+				d.failing(r.c, r.err)
 			}
 		case <-ctx.Done():
 			return
@@ -242,6 +245,7 @@ func (d *deployer) promote(ctx context.Context, c *ctr) {
 	if old != nil {
 		d.log.Info("swap", "container", c.short(), "addr", c.ip, "previous", old.short())
 		d.startRetiring(ctx, old)
+		d.watchServing(ctx, c)
 	} else {
 		d.log.Info("serving", "container", c.short(), "addr", c.ip)
 	}
@@ -300,15 +304,21 @@ func (d *deployer) stopped(id string) {
 	delete(d.ctrs, id) // a later start is a new container to the deployer
 }
 
-// rollback serves the newest retiring container that still runs, if any,
-// and cancels its removal.
-func (d *deployer) rollback() {
+// rollbackTarget is the newest retiring container that still runs: the
+// one to serve again if the serving one fails during its grace period.
+func (d *deployer) rollbackTarget() *ctr {
 	var best *ctr
 	for _, c := range d.ctrs {
 		if c.state == retiring && !c.stopped && (best == nil || newer(c.ctrInfo, best.ctrInfo)) {
 			best = c
 		}
 	}
+	return best
+}
+
+// rollback serves the rollback target, if any, and cancels its removal.
+func (d *deployer) rollback() {
+	best := d.rollbackTarget()
 	if best == nil {
 		d.route.store(nil)
 		d.log.Warn("no ready container: new connections wait for one")
@@ -322,28 +332,79 @@ func (d *deployer) rollback() {
 	d.log.Warn("rollback", "container", best.short(), "addr", best.ip)
 }
 
-// remove ends c's grace period: it closes what c still carries, then
-// retires the container.
-func (d *deployer) remove(ctx context.Context, c *ctr) {
-	n := c.backend.closeAll()
-	d.removeNow(ctx, c, "grace period over", "closed", n)
-}
-
-// removeNow retires c (docker rm -f by default) without waiting.
-func (d *deployer) removeNow(ctx context.Context, c *ctr, why string, args ...any) {
+// removeNow retires c (docker rm -f by default), then closes whatever c
+// still carries: after a graceful stop (-stop_timeout) that is only what
+// the service left open, and after rm -f the container's network is gone,
+// so without this those connections would hang.
+func (d *deployer) removeNow(ctx context.Context, c *ctr, why string) {
 	if c.cancel != nil {
 		c.cancel()
 	}
 	c.state = removed
 	c.gen++
-	args = append([]any{"container", c.short(), "addr", c.ip, "reason", why}, args...)
+	id, b := c.id, c.backend
+	args := []any{"container", c.short(), "addr", c.ip, "reason", why}
 	go func() {
-		if err := d.retire.retire(ctx, c.id); err != nil {
-			if ctx.Err() == nil {
-				d.log.Error("retire failed", append(args, "err", err)...)
-			}
-			return
+		err := d.retire.retire(ctx, id)
+		closed := 0
+		if b != nil {
+			closed = b.closeAll()
 		}
-		d.log.Info(d.retire.String(), args...)
+		switch {
+		case err == nil:
+			d.log.Info(d.retire.String(), append(args, "closed", closed)...)
+		case ctx.Err() == nil:
+			d.log.Error("retire failed", append(args, "err", err)...)
+		}
 	}()
+}
+
+// watchServing keeps probing c after it began serving, for as long as the
+// container it replaced may take over again (its grace period): if c fails
+// twice in a row, the deployer rolls back.
+func (d *deployer) watchServing(ctx context.Context, c *ctr) {
+	if !d.watch {
+		return
+	}
+	gen, ip := c.gen, c.ip
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, d.grace)
+		defer cancel()
+		tick := time.NewTicker(statusInterval)
+		defer tick.Stop()
+		fails := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			err := d.ready.probe(ctx, ip)
+			if err == nil || ctx.Err() != nil {
+				fails = 0
+				continue
+			}
+			if fails++; fails == 2 {
+				select {
+				case d.results <- result{c: c, gen: gen, err: err}:
+				case <-ctx.Done():
+				}
+				return
+			}
+		}
+	}()
+}
+
+// failing handles a serving container whose status check fails while the
+// one it replaced could still serve: it gets no more new connections (it is
+// ignored, and left running) and the previous one serves again.
+func (d *deployer) failing(c *ctr, err error) {
+	d.log.Warn("serving container failing its status check", "container", c.short(), "addr", c.ip, "err", err)
+	if d.rollbackTarget() == nil {
+		return // nothing better to serve
+	}
+	c.state = ignored
+	c.gen++
+	d.current = nil
+	d.rollback()
 }

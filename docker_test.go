@@ -316,6 +316,7 @@ func testConfig(tag string, ports ...portMap) config {
 		grace:         time.Second,
 		retire:        retireRemove,
 		shutdown:      time.Second,
+		replayBytes:   defaultReplayBytes,
 	}
 }
 

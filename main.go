@@ -40,6 +40,9 @@ type config struct {
 	retire      retireMode
 	shutdown    time.Duration
 	maxConns    int
+	replayBytes int
+	logFormat   string
+	logLevel    slog.Level
 }
 
 func main() {
@@ -51,7 +54,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "docker-proxy: %v\n", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := newLogger(os.Stderr, cfg.logFormat, cfg.logLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
@@ -71,6 +74,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		hold:          5 * time.Second,
 		retire:        retireRemove,
 		shutdown:      10 * time.Second,
+		replayBytes:   defaultReplayBytes,
 	}
 	fs := flag.NewFlagSet("docker-proxy", flag.ContinueOnError)
 	fs.StringVar(&cfg.address, "address", cfg.address, "the `address` the proxy listens on")
@@ -86,6 +90,15 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.Var(retireFlag{&cfg.retire}, "retire", "what happens to an old container: `rm` (removed), stop (stopped only), none (left running)")
 	fs.Var(durationFlag{&cfg.shutdown}, "shutdown_timeout", "on SIGTERM, how long open connections may take to finish before they are closed")
 	fs.IntVar(&cfg.maxConns, "max_conns", 0, "the most connections served at once; more wait in the kernel's backlog (0: no limit)")
+	fs.Func("log_format", "log line format: `text` or json (default text)", func(s string) error {
+		if s != "text" && s != "json" {
+			return errors.New("want text or json")
+		}
+		cfg.logFormat = s
+		return nil
+	})
+	fs.TextVar(&cfg.logLevel, "log_level", cfg.logLevel, "the least important `level` of log line shown: debug, info, warn or error")
+	fs.IntVar(&cfg.replayBytes, "replay_bytes", cfg.replayBytes, "a client's first bytes kept until the container answers, and sent again to the current container if it closes the connection unanswered (0: never)")
 
 	fs.SetOutput(io.Discard) // errors are reported once, by the caller
 	fs.Usage = func() {}
@@ -106,6 +119,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return cfg, errors.New("missing -ports: want the ports to forward, e.g. -ports 80,443=3000")
 	case cfg.maxConns < 0:
 		return cfg, fmt.Errorf("-max_conns %d: want 0 (no limit) or more", cfg.maxConns)
+	case cfg.replayBytes < 0:
+		return cfg, fmt.Errorf("-replay_bytes %d: want 0 (never) or more", cfg.replayBytes)
 	}
 	if _, err := newTagMatcher(cfg.tag); err != nil {
 		return cfg, fmt.Errorf("invalid value for flag -tag: %w", err)
@@ -117,6 +132,16 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return cfg, fmt.Errorf("invalid value %q for flag -docker: want unix:///path or tcp://host:port", cfg.docker)
 	}
 	return cfg, nil
+}
+
+// newLogger makes the process's logger: one line per event, as text or
+// JSON.
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // durationFlag is a duration flag that refuses negative values.
@@ -200,7 +225,9 @@ func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPList
 	d := newDeployer(route, cfg.ports, newChecker(cfg.statusURL),
 		dockerRetirer{docker: docker, mode: cfg.retire, stopTimeout: cfg.stopTimeout}, log)
 	d.statusTimeout, d.grace, d.drain = cfg.statusTimeout, cfg.grace, cfg.drain
+	d.watch = cfg.statusURL.port != 0
 	p := newProxy(route, cfg.ports, cfg.hold, cfg.maxConns, log)
+	p.replayMax = cfg.replayBytes
 
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = w.run(ctx) })

@@ -27,6 +27,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 		ports:         []portMap{{80, 80}, {443, 3000}},
 		statusTimeout: 10 * time.Second, tag: "myapp", grace: 10 * time.Second,
 		hold: 5 * time.Second, retire: retireRemove, shutdown: 10 * time.Second,
+		replayBytes: defaultReplayBytes,
 	}
 	if got := cfg; !equalConfig(got, want) {
 		t.Errorf("got %+v; want %+v", got, want)
@@ -42,7 +43,7 @@ func TestParseFlagsAll(t *testing.T) {
 		"-address", "127.0.0.1", "-docker", "tcp://127.0.0.1:2375", "-ports", "8080=80",
 		"-status_url", ":80/server-status", "-status_timeout", "3s", "-tag", "docker.io/library/web:v2",
 		"-grace_period", "0", "-hold_timeout", "0", "-drain", "-stop_timeout", "2s", "-retire", "stop",
-		"-shutdown_timeout", "1s", "-max_conns", "100",
+		"-shutdown_timeout", "1s", "-max_conns", "100", "-replay_bytes", "0",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -197,23 +198,8 @@ func TestDockerBinarySIGTERM(t *testing.T) {
 	svc := startCtr(t, tag)
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(proxyBinary(t), "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
+	pp := startBinary(t, "", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
 		"-tag", tag, "-shutdown_timeout", "10s")
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("proxy log:\n%s", logs.String())
-		}
-	})
 	waitServed(t, addr, svc, 10*time.Second)
 
 	slow := make(chan error, 1)
@@ -228,16 +214,16 @@ func TestDockerBinarySIGTERM(t *testing.T) {
 	eventually(t, 5*time.Second, "request in flight", func() bool {
 		return strings.Contains(connectionsTo(t, svc), "ESTAB")
 	})
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := pp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-slow; err != nil {
 		t.Fatalf("in-flight request across SIGTERM: %v", err)
 	}
 	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Fatalf("exit: %v; want status 0", waitErr)
+	case <-pp.exited:
+		if pp.err != nil {
+			t.Fatalf("exit: %v; want status 0", pp.err)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("the proxy did not exit after SIGTERM")
@@ -259,4 +245,38 @@ func connectionsTo(t testing.TB, c testCtr) string {
 		t.Fatalf("ss: %v", err)
 	}
 	return string(out)
+}
+
+// procProxy is the docker-proxy binary running as a child process, logging
+// JSON lines at debug level.
+type procProxy struct {
+	cmd    *exec.Cmd
+	logs   *logBuffer
+	exited chan struct{}
+	err    error // set once exited is closed
+}
+
+// startBinary runs the binary with args; with a shell prefix such as
+// "ulimit -n 64;", through bash. It is killed when the test ends.
+func startBinary(t testing.TB, shell string, args ...string) *procProxy {
+	t.Helper()
+	args = append([]string{"-log_format", "json", "-log_level", "debug"}, args...)
+	cmd := exec.Command(proxyBinary(t), args...)
+	if shell != "" {
+		cmd = exec.Command("bash", append([]string{"-c", shell + ` exec "$0" "$@"`, proxyBinary(t)}, args...)...)
+	}
+	pp := &procProxy{cmd: cmd, logs: &logBuffer{}, exited: make(chan struct{})}
+	cmd.Stderr = pp.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { pp.err = cmd.Wait(); close(pp.exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-pp.exited
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", pp.logs.String())
+		}
+	})
+	return pp
 }

@@ -43,6 +43,7 @@ func (b *backend) track(p *pair) bool {
 	if b.closed {
 		return false
 	}
+	p.tracked = true
 	p.next = b.conns
 	if b.conns != nil {
 		b.conns.prev = p
@@ -55,6 +56,10 @@ func (b *backend) track(p *pair) bool {
 func (b *backend) untrack(p *pair) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if !p.tracked {
+		return
+	}
+	p.tracked = false
 	if p.prev != nil {
 		p.prev.next = p.next
 	} else if b.conns == p {
@@ -149,26 +154,17 @@ func (r *router) wait(ctx context.Context, old *backend, timer <-chan time.Time)
 	}
 }
 
-// pair is one client connection and the connection it was forwarded to.
-type pair struct {
-	client, server *net.TCPConn
-	backend        *backend
-	prev, next     *pair        // in backend.conns
-	up, down       copier       // client to server, server to client
-	running        atomic.Int32 // copy directions still running
-	proxy          *proxy
-}
-
 // proxy accepts connections on its listeners and forwards each one to the
 // backend current at the moment it arrives.
 type proxy struct {
-	route  *router
-	ports  []portMap
-	hold   time.Duration // how long a new connection may wait for a backend
-	dialer net.Dialer
-	log    *slog.Logger
-	open   sync.WaitGroup // pairs not yet closed
-	slots  chan struct{}  // -max_conns: one token per open connection
+	route     *router
+	ports     []portMap
+	hold      time.Duration // how long a new connection may wait for a backend
+	replayMax int           // -replay_bytes: client bytes kept until the server answers
+	dialer    net.Dialer
+	log       *slog.Logger
+	open      sync.WaitGroup // pairs not yet closed
+	slots     chan struct{}  // -max_conns: one token per open connection
 
 	lastDrop atomic.Int64 // unix second of the last "no backend" log line
 }
@@ -179,11 +175,12 @@ const retryDial = 50 * time.Millisecond
 
 func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, log *slog.Logger) *proxy {
 	p := &proxy{
-		route:  route,
-		ports:  ports,
-		hold:   hold,
-		dialer: net.Dialer{Timeout: 5 * time.Second},
-		log:    log,
+		route:     route,
+		ports:     ports,
+		hold:      hold,
+		dialer:    net.Dialer{Timeout: 5 * time.Second},
+		replayMax: defaultReplayBytes,
+		log:       log,
 	}
 	if maxConns > 0 {
 		p.slots = make(chan struct{}, maxConns)
@@ -242,7 +239,7 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 
 // handle forwards one client connection.
 func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
-	pr := &pair{client: client, proxy: p}
+	pr := &pair{client: client, proxy: p, ctx: ctx, port: i}
 	for range 3 {
 		b, server, err := p.connect(ctx, i)
 		if err != nil {
@@ -317,35 +314,3 @@ func (p *proxy) connectHeld(ctx context.Context, i int, b *backend) (*backend, *
 }
 
 var errNoBackend = errors.New("no ready container")
-
-// clientToServer and serverToClient copy one direction each, with io.Copy
-// between two *net.TCPConn, which uses splice(2) on Linux: the bytes never
-// enter user space (see copier). Do not wrap either connection; that turns
-// splice off.
-func (p *pair) clientToServer() {
-	_, err := p.up.copy(p.server, p.client)
-	p.halfClose(p.server, p.client, err)
-}
-
-func (p *pair) serverToClient() {
-	_, err := p.down.copy(p.client, p.server)
-	p.halfClose(p.client, p.server, err)
-}
-
-// halfClose passes EOF on from src to dst; after a real error it closes
-// both ends at once. The direction that finishes last closes the pair.
-func (p *pair) halfClose(dst, src *net.TCPConn, err error) {
-	if err != nil {
-		_ = dst.Close()
-		_ = src.Close()
-	} else {
-		_ = dst.CloseWrite()
-		_ = src.CloseRead()
-	}
-	if p.running.Add(-1) == 0 {
-		_ = p.client.Close()
-		_ = p.server.Close()
-		p.backend.untrack(p)
-		p.proxy.done()
-	}
-}

@@ -139,7 +139,7 @@ type proxyRig struct {
 
 // startProxyRig runs a proxy with b as the current backend (none if nil).
 // Cleanup cancels it, waits for serve to return and for every pair to close.
-func startProxyRig(tb testing.TB, b *backend, hold time.Duration, maxConns int) *proxyRig {
+func startProxyRig(tb testing.TB, b *backend, hold time.Duration, maxConns int, opts ...func(*proxy)) *proxyRig {
 	tb.Helper()
 	route := newRouter()
 	if b != nil {
@@ -147,6 +147,9 @@ func startProxyRig(tb testing.TB, b *backend, hold time.Duration, maxConns int) 
 	}
 	ln := listenLoopback(tb)
 	p := newProxy(route, []portMap{{host: 1, container: 1}}, hold, maxConns, slog.New(slog.DiscardHandler))
+	for _, opt := range opts {
+		opt(p)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- p.serve(ctx, ln, 0) }()

@@ -9,7 +9,8 @@
 //	-ready_after D   /status answers 503 until D after start
 //	-fail_status     /status always answers 500
 //	-unready_after D /status answers 503 again D after it became ready
-//	-exit_after D    exit(3) D after becoming ready (a crash after a deploy)
+//	-exit_after D    exit(3) D after becoming ready (a crash after a deploy;
+//	                 requests in flight finish first)
 //	-check URL       client mode for a HEALTHCHECK: exit 0 if URL answers 200
 package main
 
@@ -45,13 +46,6 @@ func main() {
 	host, _ := os.Hostname()
 	start := time.Now()
 	readyAt := start.Add(*readyAfter)
-	if *exitAfter > 0 {
-		time.AfterFunc(*readyAfter+*exitAfter, func() {
-			log.Printf("exiting on purpose")
-			os.Exit(3)
-		})
-	}
-
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, host)
@@ -82,6 +76,17 @@ func main() {
 		fmt.Fprintln(w, host)
 	})
 	srv := &http.Server{Addr: *httpAddr, Handler: mux}
+	if *exitAfter > 0 {
+		// A crash, but one that lets requests in flight finish, so that a
+		// test can count every failure as the proxy's.
+		time.AfterFunc(*readyAfter+*exitAfter, func() {
+			log.Printf("exiting on purpose")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = srv.Shutdown(ctx)
+			os.Exit(3)
+		})
+	}
 	if *httpAddr != "" {
 		go func() {
 			if err := srv.ListenAndServe(); err != http.ErrServerClosed {

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Building: both binaries are static (CGO_ENABLED=0) so that the backend
+// runs FROM scratch, and built from this checkout so that the benchmark
+// measures the code beside it.
+
+// repoRoot is the directory of the go.mod above the working directory.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory: run from the repository")
+		}
+		dir = parent
+	}
+}
+
+func goBuild(ctx context.Context, root, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, msg)
+	}
+	return nil
+}
+
+// buildImage builds tag FROM scratch around dir/backend.
+func buildImage(ctx context.Context, dir, tag string) error {
+	df := "FROM scratch\nCOPY backend /backend\nENTRYPOINT [\"/backend\"]\n"
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df), 0o644); err != nil {
+		return err
+	}
+	_, err := docker(ctx, "build", "-q", "-t", tag, dir)
+	return err
+}
+
+// ensureHAProxy reports whether haproxy is on PATH, installing Debian's
+// package when it is not. Without it the run goes on without HAProxy.
+func ensureHAProxy(ctx context.Context) bool {
+	if _, err := exec.LookPath("haproxy"); err == nil {
+		return true
+	}
+	step("haproxy is not installed: apt-get install -y haproxy")
+	cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "haproxy")
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	out, err := cmd.CombinedOutput()
+	if _, lerr := exec.LookPath("haproxy"); err != nil || lerr != nil {
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		fmt.Printf("   could not install haproxy (%v): %s\n   going on without HAProxy\n", err, lines[len(lines)-1])
+		return false
+	}
+	return true
+}

@@ -1,0 +1,110 @@
+// Bench measures docker-proxy against the real Docker daemon, side by side
+// with what users would otherwise run: a direct connection to the
+// container, HAProxy in TCP mode with and without splice, and a bare Go
+// io.Copy proxy (the floor of what Go costs). It builds a backend image
+// FROM scratch, starts one container of it, runs every proxy as its own
+// process (so that /proc gives each one's CPU, memory and descriptors),
+// measures the targets alternately, and prints one table of medians.
+//
+//	go run ./bench          # full run, under 5 minutes
+//	go run ./bench -quick   # shorter measurements, under a minute
+//	go run ./bench -profile # also strace -c (and perf, if it works) of docker-proxy
+//
+// It ends by itself (a whole-run deadline) and removes everything it made
+// on every exit path: containers, image, subprocesses, temp dir.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// params are the sizes of one run; quick shortens every measurement and
+// keeps three repetitions.
+type params struct {
+	budget     time.Duration // the whole run, cleanup excluded
+	reps       int
+	bulkWarm   time.Duration // before the bulk window opens
+	bulkDur    time.Duration
+	rateDur    time.Duration
+	latDur     time.Duration
+	idleConns  int
+	idleSettle time.Duration
+	swaps      int
+	swapReady  time.Duration // time for docker run and inspect before /status turns 200
+}
+
+var (
+	fullParams = params{
+		budget: 4*time.Minute + 30*time.Second, reps: 3,
+		bulkWarm: 200 * time.Millisecond, bulkDur: 800 * time.Millisecond,
+		rateDur: time.Second, latDur: time.Second,
+		idleConns: 5000, idleSettle: 500 * time.Millisecond, swaps: 20, swapReady: time.Second,
+	}
+	quickParams = params{
+		budget: 54 * time.Second, reps: 3,
+		bulkWarm: 30 * time.Millisecond, bulkDur: 100 * time.Millisecond,
+		rateDur: 200 * time.Millisecond, latDur: 200 * time.Millisecond,
+		idleConns: 1000, idleSettle: 150 * time.Millisecond, swaps: 5, swapReady: 700 * time.Millisecond,
+	}
+)
+
+func main() {
+	quick := flag.Bool("quick", false, "shorter measurements (under a minute)")
+	profile := flag.Bool("profile", false, "after the table, strace -c (and perf, if available) docker-proxy under load")
+	bare := flag.String("bare", "", "internal: run the bare Go proxy for LISTEN=TARGET,... and nothing else")
+	flag.Parse()
+	if *bare != "" {
+		runBare(*bare)
+		return
+	}
+	p := fullParams
+	if *quick {
+		p = quickParams
+	}
+	os.Exit(benchMain(p, *profile))
+}
+
+// benchMain runs the benchmark and cleans up whatever happens, including
+// a panic or a signal.
+func benchMain(p params, profile bool) (code int) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), p.budget)
+	defer cancel()
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	b := &bench{p: p, run: randomID()}
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintln(os.Stderr, "bench: panic:", r)
+			code = 1
+		}
+		b.cleanup()
+		fmt.Printf("run took %.1fs (cleanup included)\n", time.Since(start).Seconds())
+	}()
+	err := b.main(ctx, profile)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		fmt.Fprintf(os.Stderr, "bench: the run's deadline (%v) passed: %v\n", p.budget, err)
+	case ctx.Err() != nil:
+		fmt.Fprintln(os.Stderr, "bench: interrupted:", err)
+	default:
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	}
+	return 1
+}
+
+// command is how this run was started, for the table's header.
+func command() string {
+	return strings.TrimSpace("go run ./bench " + strings.Join(os.Args[1:], " "))
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// readLineThenClose reads one line and closes without answering, as Go's
+// net/http does with a request that arrives while it shuts down.
+func readLineThenClose(c *net.TCPConn) {
+	_, _ = bufio.NewReader(c).ReadString('\n')
+}
+
+// resetAtOnce resets the connection without reading, as a listener closed
+// with connections in its accept queue does.
+func resetAtOnce(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+}
+
+// TestPairReplaysUnansweredBytes: a server that ends a connection before it
+// answered is replaced by the current backend, which gets the client's
+// bytes again; the client never sees the failure.
+func TestPairReplaysUnansweredBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		handle func(*net.TCPConn)
+	}{
+		{"closed unanswered", readLineThenClose},
+		{"reset", resetAtOnce},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := startLoopServer(t, tc.handle)
+			good := startLoopServer(t, taggedEcho("good"))
+			rig := startProxyRig(t, bad.backend("bad"), 2*time.Second, 0)
+			c := dialTCP(t, rig.addr)
+			defer c.Close()
+			// The route moves on only after the client's bytes went to
+			// the bad server: as when a dying container is replaced.
+			_, _ = io.WriteString(c, "hello\n")
+			rig.route.store(good.backend("good"))
+			r := bufio.NewReader(c)
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := r.ReadString('\n')
+			if err != nil || got != "good hello\n" {
+				t.Fatalf("got %q, %v; want %q", got, err, "good hello\n")
+			}
+			// The pair is committed now: it keeps working.
+			if got, err := lineRound(c, r, "again"); err != nil || got != "good again" {
+				t.Fatalf("got %q, %v; want %q", got, err, "good again")
+			}
+		})
+	}
+}
+
+// TestPairNoReplayWhenOff: with -replay_bytes 0 the client sees the
+// server's close.
+func TestPairNoReplayWhenOff(t *testing.T) {
+	bad := startLoopServer(t, readLineThenClose)
+	rig := startProxyRig(t, bad.backend("bad"), 0, 0, func(p *proxy) { p.replayMax = 0 })
+	c := dialTCP(t, rig.addr)
+	defer c.Close()
+	_, _ = io.WriteString(c, "hello\n")
+	expectClosed(t, c, 5*time.Second)
+}
+
+// TestPairNoReplayAfterAnswer: once the server answered, its close is
+// passed on, never replayed.
+func TestPairNoReplayAfterAnswer(t *testing.T) {
+	answerThenClose := func(c *net.TCPConn) {
+		_, _ = bufio.NewReader(c).ReadString('\n')
+		_, _ = io.WriteString(c, "bye\n")
+	}
+	bad := startLoopServer(t, answerThenClose)
+	good := startLoopServer(t, taggedEcho("good"))
+	rig := startProxyRig(t, bad.backend("bad"), 2*time.Second, 0)
+	c := dialTCP(t, rig.addr)
+	defer c.Close()
+	_, _ = io.WriteString(c, "hello\n")
+	rig.route.store(good.backend("good"))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "bye\n" {
+		t.Fatalf("got %q, %v; want %q then EOF", got, err, "bye\n")
+	}
+}

@@ -1,0 +1,115 @@
+package main
+
+// Resource pressure: running out of file descriptors, and thousands of idle
+// connections. The proxy runs as its own process here, so that its fd
+// limit and its figures are its own (and the race detector's goroutine
+// limit does not apply to it).
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDockerAcceptSurvivesEMFILE: out of file descriptors, the accept loop
+// backs off and keeps the port; once descriptors are free again, waiting
+// and new connections are served.
+func TestDockerAcceptSurvivesEMFILE(t *testing.T) {
+	tag := newTag(t, "v1")
+	startCtr(t, tag, "-http", "", "-echo", ":7")
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	pp := startBinary(t, "ulimit -n 48;", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=7", "-tag", tag)
+	pp.logs.waitLog(t, 10*time.Second, "serving")
+
+	// Each forwarded connection takes two descriptors: more than 48
+	// connections cannot all be carried.
+	var conns []*net.TCPConn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range 40 {
+		conns = append(conns, dialTCP(t, addr))
+	}
+	pp.logs.waitLog(t, 10*time.Second, "accept failed")
+	if line := pp.logs.lines("accept failed")[0]; !strings.Contains(line["err"].(string), "too many open files") {
+		t.Fatalf("accept failed with %v; want EMFILE", line["err"])
+	}
+	for _, c := range conns[:30] {
+		_ = c.Close()
+	}
+	// The connections that waited in the kernel's backlog are served now,
+	// and so is a new one.
+	for _, c := range conns[30:] {
+		echoRound(t, c, "after the shortage")
+	}
+	c := dialTCP(t, addr)
+	defer c.Close()
+	echoRound(t, c, "a new connection")
+	select {
+	case <-pp.exited:
+		t.Fatalf("the proxy exited: %v", pp.err)
+	default:
+	}
+}
+
+// TestDockerManyIdleConnections: 5,000 idle connections through the proxy
+// do not stop a new one from being served.
+func TestDockerManyIdleConnections(t *testing.T) {
+	const idle = 5000
+	raiseFDLimit(t, 3*idle)
+	tag := newTag(t, "v1")
+	startCtr(t, tag, "-http", "", "-echo", ":7")
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	pp := startBinary(t, "", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=7", "-tag", tag)
+	pp.logs.waitLog(t, 10*time.Second, "serving")
+
+	conns := make([]*net.TCPConn, 0, idle)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range idle {
+		conns = append(conns, dialTCP(t, addr))
+	}
+	// Every one of them is carried: the last one and a sample echo.
+	for i := 0; i < idle; i += idle / 10 {
+		echoRound(t, conns[i], "idle "+strconv.Itoa(i))
+	}
+	echoRound(t, conns[idle-1], "the last idle one")
+	c := dialTCP(t, addr)
+	defer c.Close()
+	echoRound(t, c, "a new connection beside 5000 idle ones")
+	if n := len(pp.logs.lines("accept failed")); n > 0 {
+		t.Errorf("accept failed %d times", n)
+	}
+}
+
+// raiseFDLimit raises the soft fd limit of the test process (and so of the
+// processes it starts) to at least n, up to the hard limit.
+func raiseFDLimit(t testing.TB, n uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max < n {
+		t.Fatalf("hard fd limit %d is below the %d the test needs", lim.Max, n)
+	}
+	if lim.Cur >= n {
+		return
+	}
+	old := lim
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+}
