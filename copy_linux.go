@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,6 +26,7 @@ type copier struct {
 	n     int   // bytes queued, set by queued
 	err   error // set by queued
 	peek  [1]byte
+	sent  prometheus.Counter // bytes copied, counted from io.Copy's results
 }
 
 // from makes src the connection c reads.
@@ -52,7 +54,9 @@ func (c *copier) wait() (int, error) {
 // send splices n queued bytes from src to dst.
 func (c *copier) send(dst *net.TCPConn, n int) (int64, error) {
 	c.lr.R, c.lr.N = c.src, int64(n)
-	return io.Copy(dst, &c.lr)
+	m, err := io.Copy(dst, &c.lr)
+	c.sent.Add(float64(m))
+	return m, err
 }
 
 // copy copies src to dst until EOF or an error, like io.Copy.

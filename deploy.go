@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -54,12 +55,16 @@ type deployer struct {
 	statusTimeout time.Duration
 	grace         time.Duration
 	drain         bool // retire as soon as the last connection closes
-	watch         bool // a status URL is set: watch a new container during the grace period
+	probes        bool // -status_url or -status_port is set: readiness is probed
 	log           *slog.Logger
 
 	ctrs    map[string]*ctr
 	current *ctr
 	results chan result
+
+	m    *metrics
+	name string                 // the selector, for /status
+	snap atomic.Pointer[status] // for /status, renewed after every change
 }
 
 // result is the outcome of a readiness check, or the end of a grace period.
@@ -78,6 +83,7 @@ func newDeployer(route *router, ports []portMap, ready readiness, retire retirer
 		log:     log,
 		ctrs:    make(map[string]*ctr),
 		results: make(chan result),
+		m:       newMetrics(ports),
 	}
 }
 
@@ -103,7 +109,27 @@ func (d *deployer) run(ctx context.Context, changes <-chan change) {
 		case <-ctx.Done():
 			return
 		}
+		d.publish()
 	}
+}
+
+// publish renews the /status snapshot.
+func (d *deployer) publish() {
+	s := &status{Selector: d.name}
+	for _, c := range d.ctrs {
+		cs := ctrStatus{Container: c.short(), Addr: c.ip.String(), Created: c.created, backend: c.backend}
+		switch c.state {
+		case serving:
+			s.Serving = &cs
+		case checking:
+			s.Pending = append(s.Pending, cs)
+		case retiring:
+			s.Draining = append(s.Draining, cs)
+		case ignored:
+			s.Ignored = append(s.Ignored, cs)
+		}
+	}
+	d.snap.Store(s)
 }
 
 // backends returns every backend that may still carry connections.
@@ -123,6 +149,8 @@ func (d *deployer) apply(ctx context.Context, ch change) {
 		d.started(ctx, ch.ctr)
 	case stopped:
 		d.stopped(ch.id)
+	case health:
+		d.health(ctx, ch.id, ch.healthy)
 	case synced:
 		if ch.initial {
 			d.startup(ctx, ch.list)
@@ -158,7 +186,7 @@ func (d *deployer) startup(ctx context.Context, list []ctrInfo) {
 	ok := make([]bool, len(list))
 	var wg sync.WaitGroup
 	for i, info := range list {
-		wg.Go(func() { ok[i] = d.ready.probe(ctx, info.ip) == nil })
+		wg.Go(func() { ok[i] = d.readyNow(ctx, info) })
 	}
 	wg.Wait()
 	for i, info := range list {
@@ -176,6 +204,18 @@ func (d *deployer) startup(ctx context.Context, list []ctrInfo) {
 	if d.current == nil && len(list) == 0 {
 		d.log.Warn("no container of the tag is running yet")
 	}
+}
+
+// byHealthcheck tells whether c's readiness comes from its HEALTHCHECK:
+// when it has one and no status URL or port is set.
+func (d *deployer) byHealthcheck(c ctrInfo) bool { return !d.probes && c.healthcheck }
+
+// readyNow tells whether a container is ready at this moment.
+func (d *deployer) readyNow(ctx context.Context, c ctrInfo) bool {
+	if d.byHealthcheck(c) {
+		return c.healthy
+	}
+	return d.ready.probe(ctx, c.ip) == nil
 }
 
 // started handles a container of the tag that started or restarted.
@@ -209,6 +249,20 @@ func (d *deployer) check(ctx context.Context, c *ctr) {
 	c.cancel = cancel
 	deadline := time.Now().Add(d.statusTimeout)
 	gen, ip := c.gen, c.ip
+	if d.byHealthcheck(c.ctrInfo) {
+		if c.healthy {
+			d.checked(ctx, c, nil)
+			return
+		}
+		d.log.Info("waiting for its HEALTHCHECK", "container", c.short(), "addr", ip)
+		time.AfterFunc(d.statusTimeout, func() {
+			select {
+			case d.results <- result{c: c, gen: gen, err: errNotHealthy}:
+			case <-cctx.Done():
+			}
+		})
+		return
+	}
 	d.log.Info("checking readiness", "container", c.short(), "addr", ip)
 	go func() {
 		err := d.ready.waitReady(cctx, ip, deadline)
@@ -219,16 +273,45 @@ func (d *deployer) check(ctx context.Context, c *ctr) {
 	}()
 }
 
+var (
+	errNotHealthy = errors.New("HEALTHCHECK not healthy in time")
+	errUnhealthy  = errors.New("HEALTHCHECK reports unhealthy")
+)
+
+// health takes a HEALTHCHECK's verdict on a container: the end of its
+// readiness check, or a serving container failing during a grace period.
+func (d *deployer) health(ctx context.Context, id string, healthy bool) {
+	c, ok := d.ctrs[id]
+	if !ok {
+		return
+	}
+	c.healthy = healthy
+	switch {
+	case c.state == checking && d.byHealthcheck(c.ctrInfo):
+		if healthy {
+			d.checked(ctx, c, nil)
+		} else {
+			d.checked(ctx, c, errUnhealthy)
+		}
+	case c.state == serving && !healthy && d.byHealthcheck(c.ctrInfo):
+		d.failing(c, errUnhealthy)
+	}
+}
+
 // checked takes the outcome of c's readiness check.
 func (d *deployer) checked(ctx context.Context, c *ctr, err error) {
 	c.cancel()
 	switch {
 	case err != nil:
+		d.m.readiness.WithLabelValues("ignored").Inc()
 		c.state = ignored
 		d.log.Warn("ignored: not ready in time", "container", c.short(), "addr", c.ip, "timeout", d.statusTimeout, "err", err)
 	case d.current == nil || newer(c.ctrInfo, d.current.ctrInfo):
+		d.m.readiness.WithLabelValues("ready").Inc()
+		d.m.readyTime.Observe(time.Since(c.started).Seconds())
 		d.promote(ctx, c)
 	default:
+		d.m.readiness.WithLabelValues("superseded").Inc()
 		d.removeNow(ctx, c, "older than the serving container")
 	}
 }
@@ -242,7 +325,9 @@ func (d *deployer) promote(ctx context.Context, c *ctr) {
 	c.backend = newBackend(c.id, c.ip, d.ports)
 	d.current = c
 	d.route.store(c.backend)
+	d.m.setServing(c)
 	if old != nil {
+		d.m.swaps.Inc()
 		d.log.Info("swap", "container", c.short(), "addr", c.ip, "previous", old.short())
 		d.startRetiring(ctx, old)
 		d.watchServing(ctx, c)
@@ -319,6 +404,7 @@ func (d *deployer) rollbackTarget() *ctr {
 // rollback serves the rollback target, if any, and cancels its removal.
 func (d *deployer) rollback() {
 	best := d.rollbackTarget()
+	d.m.setServing(best)
 	if best == nil {
 		d.route.store(nil)
 		d.log.Warn("no ready container: new connections wait for one")
@@ -329,6 +415,7 @@ func (d *deployer) rollback() {
 	best.gen++
 	d.current = best
 	d.route.store(best.backend)
+	d.m.rollbacks.Inc()
 	d.log.Warn("rollback", "container", best.short(), "addr", best.ip)
 }
 
@@ -352,6 +439,7 @@ func (d *deployer) removeNow(ctx context.Context, c *ctr, why string) {
 		}
 		switch {
 		case err == nil:
+			d.m.removals.Inc()
 			d.log.Info(d.retire.String(), append(args, "closed", closed)...)
 		case ctx.Err() == nil:
 			d.log.Error("retire failed", append(args, "err", err)...)
@@ -363,8 +451,8 @@ func (d *deployer) removeNow(ctx context.Context, c *ctr, why string) {
 // container it replaced may take over again (its grace period): if c fails
 // twice in a row, the deployer rolls back.
 func (d *deployer) watchServing(ctx context.Context, c *ctr) {
-	if !d.watch {
-		return
+	if !d.probes {
+		return // a HEALTHCHECK reports by event (see health)
 	}
 	gen, ip := c.gen, c.ip
 	go func() {

@@ -754,6 +754,8 @@ func TestContainerIP(t *testing.T) {
 		want     string
 		network  string
 		wantFail bool
+		use      string // -network
+		warn     bool
 	}{
 		{
 			name: "bridge preferred",
@@ -767,7 +769,30 @@ func TestContainerIP(t *testing.T) {
 			ns: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
 				"zeta": ep("10.2.0.2"), "mid": ep("10.3.0.2"), "alpha": ep("10.1.0.2"),
 			}},
-			want: "10.1.0.2", network: "alpha",
+			want: "10.1.0.2", network: "alpha", warn: true,
+		},
+		{
+			name: "the only network",
+			ns: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
+				"app_default": ep("10.5.0.2"),
+			}},
+			want: "10.5.0.2", network: "app_default",
+		},
+		{
+			name: "-network chosen",
+			use:  "zeta",
+			ns: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
+				"bridge": ep("172.17.0.2"), "zeta": ep("10.2.0.2"),
+			}},
+			want: "10.2.0.2", network: "zeta",
+		},
+		{
+			name: "-network absent",
+			use:  "other",
+			ns: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
+				"bridge": ep("172.17.0.2"),
+			}},
+			wantFail: true,
 		},
 		{
 			name: "bridge without address",
@@ -795,7 +820,7 @@ func TestContainerIP(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ip, name, err := containerIP(tt.ns)
+			ip, name, warn, err := containerIP(tt.ns, tt.use)
 			if tt.wantFail {
 				if err == nil {
 					t.Errorf("got %v on %q; want an error", ip, name)
@@ -807,6 +832,9 @@ func TestContainerIP(t *testing.T) {
 			}
 			if ip.String() != tt.want || name != tt.network {
 				t.Errorf("got %v on %q; want %v on %q", ip, name, tt.want, tt.network)
+			}
+			if (warn != "") != tt.warn {
+				t.Errorf("got warning %q; want one: %v", warn, tt.warn)
 			}
 		})
 	}

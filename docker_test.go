@@ -256,7 +256,7 @@ func startCtrWith(t testing.TB, cfg *container.Config, host *container.HostConfi
 		t.Fatalf("inspect %s: %v", name, err)
 	}
 	c.host = info.Config.Hostname
-	if ip, _, err := containerIP(info.NetworkSettings); err == nil {
+	if ip, _, _, err := containerIP(info.NetworkSettings, ""); err == nil {
 		c.ip = ip
 	}
 	return c

@@ -23,8 +23,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config{
-		address: "0.0.0.0", docker: "unix:///var/run/docker.sock",
+		address: "0.0.0.0", docker: "", // not given: DOCKER_HOST, else the default socket
 		ports:         []portMap{{80, 80}, {443, 3000}},
+		logFormat:     "text",
 		statusTimeout: 10 * time.Second, tag: "myapp", grace: 10 * time.Second,
 		hold: 5 * time.Second, retire: retireRemove, shutdown: 10 * time.Second,
 		replayBytes: defaultReplayBytes,
@@ -52,7 +53,7 @@ func TestParseFlagsAll(t *testing.T) {
 		address: "127.0.0.1", docker: "tcp://127.0.0.1:2375", ports: []portMap{{8080, 80}},
 		statusURL: statusURL{port: 80, uri: "/server-status"}, statusTimeout: 3 * time.Second,
 		tag: "docker.io/library/web:v2", hold: 0, drain: true, stopTimeout: 2 * time.Second,
-		retire: retireStop, shutdown: time.Second, maxConns: 100,
+		retire: retireStop, shutdown: time.Second, maxConns: 100, logFormat: "text",
 	}
 	if !equalConfig(cfg, want) {
 		t.Errorf("got %+v; want %+v", cfg, want)

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 )
 
 // A server that ends a connection before it answered anything did not
@@ -69,6 +71,7 @@ func (p *pair) forward() error {
 			return err
 		}
 		if kept {
+			p.up.sent.Add(float64(n))
 			continue
 		}
 		if _, err := p.up.send(server, n); err != nil {
@@ -159,6 +162,10 @@ func (p *pair) replace() bool {
 		if err != nil {
 			break
 		}
+		if err := p.sendHeader(server); err != nil {
+			_ = server.Close()
+			continue
+		}
 		if _, err := server.Write(p.replay); err != nil {
 			_ = server.Close()
 			continue
@@ -171,6 +178,18 @@ func (p *pair) replace() bool {
 		_ = server.Close()
 	}
 	return false
+}
+
+// sendHeader starts a backend connection with a PROXY protocol header
+// carrying the client's address, if -proxy_protocol asks for one. It is
+// written on the raw connection before any copying, so splice stays on.
+func (p *pair) sendHeader(server *net.TCPConn) error {
+	if p.proxy.proxyProtocol == 0 {
+		return nil
+	}
+	h := proxyproto.HeaderProxyFromAddrs(byte(p.proxy.proxyProtocol), p.client.RemoteAddr(), p.client.LocalAddr())
+	_, err := h.WriteTo(server)
+	return err
 }
 
 // halfClose passes EOF on from src to dst; after a real error it closes
@@ -187,6 +206,6 @@ func (p *pair) halfClose(dst, src *net.TCPConn, err error) {
 		_ = p.client.Close()
 		_ = p.server.Close()
 		p.backend.untrack(p)
-		p.proxy.done()
+		p.proxy.done(p.port)
 	}
 }

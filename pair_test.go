@@ -40,6 +40,7 @@ func TestPairReplaysUnansweredBytes(t *testing.T) {
 			// The route moves on only after the client's bytes went to
 			// the bad server: as when a dying container is replaced.
 			_, _ = io.WriteString(c, "hello\n")
+			bad.waitAccepted(t)
 			rig.route.store(good.backend("good"))
 			r := bufio.NewReader(c)
 			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -79,10 +80,21 @@ func TestPairNoReplayAfterAnswer(t *testing.T) {
 	c := dialTCP(t, rig.addr)
 	defer c.Close()
 	_, _ = io.WriteString(c, "hello\n")
+	bad.waitAccepted(t)
 	rig.route.store(good.backend("good"))
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "bye\n" {
 		t.Fatalf("got %q, %v; want %q then EOF", got, err, "bye\n")
 	}
+}
+
+// waitAccepted waits until s has accepted a connection.
+func (s *loopServer) waitAccepted(t testing.TB) {
+	t.Helper()
+	waitUntil(t, 5*time.Second, "a connection accepted", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.accepted > 0
+	})
 }

@@ -157,16 +157,18 @@ func (r *router) wait(ctx context.Context, old *backend, timer <-chan time.Time)
 // proxy accepts connections on its listeners and forwards each one to the
 // backend current at the moment it arrives.
 type proxy struct {
-	route     *router
-	ports     []portMap
-	hold      time.Duration // how long a new connection may wait for a backend
-	replayMax int           // -replay_bytes: client bytes kept until the server answers
-	dialer    net.Dialer
-	log       *slog.Logger
-	open      sync.WaitGroup // pairs not yet closed
-	slots     chan struct{}  // -max_conns: one token per open connection
+	route         *router
+	ports         []portMap
+	hold          time.Duration // how long a new connection may wait for a backend
+	replayMax     int           // -replay_bytes: client bytes kept until the server answers
+	proxyProtocol int           // -proxy_protocol: 0 (off), 1 or 2
+	dialer        net.Dialer
+	log           *slog.Logger
+	open          sync.WaitGroup // pairs not yet closed
+	slots         chan struct{}  // -max_conns: one token per open connection
 
 	lastDrop atomic.Int64 // unix second of the last "no backend" log line
+	m        *metrics
 }
 
 // retryDial is how long to wait before dialing a backend again after a
@@ -180,6 +182,7 @@ func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, 
 		hold:      hold,
 		dialer:    net.Dialer{Timeout: 5 * time.Second},
 		replayMax: defaultReplayBytes,
+		m:         newMetrics(ports),
 		log:       log,
 	}
 	if maxConns > 0 {
@@ -188,8 +191,10 @@ func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, 
 	return p
 }
 
-// done is called once per accepted connection, when it is closed.
-func (p *proxy) done() {
+// done is called once per accepted connection on listener i, when it is
+// closed.
+func (p *proxy) done(i int) {
+	p.m.active[i].Dec()
 	if p.slots != nil {
 		<-p.slots
 	}
@@ -232,6 +237,8 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 			continue
 		}
 		backoff = 0
+		p.m.accepted[i].Inc()
+		p.m.active[i].Inc()
 		p.open.Add(1)
 		go p.handle(ctx, c, i)
 	}
@@ -240,6 +247,7 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 // handle forwards one client connection.
 func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 	pr := &pair{client: client, proxy: p, ctx: ctx, port: i}
+	pr.up.sent, pr.down.sent = p.m.bytesUp[i], p.m.bytesDown[i]
 	for range 3 {
 		b, server, err := p.connect(ctx, i)
 		if err != nil {
@@ -247,6 +255,10 @@ func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 			break
 		}
 		pr.server, pr.backend = server, b
+		if err := pr.sendHeader(server); err != nil {
+			_ = server.Close()
+			continue
+		}
 		if b.track(pr) {
 			pr.running.Store(2)
 			go pr.clientToServer()
@@ -257,12 +269,13 @@ func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 		_ = server.Close()
 	}
 	_ = client.Close()
-	p.done()
+	p.done(i)
 }
 
 // noBackend logs a connection that could not be forwarded, at most once a
 // second, so that a burst of clients cannot flood the log.
 func (p *proxy) noBackend(i int, err error) {
+	p.m.failed[i].Inc()
 	now := time.Now().Unix()
 	if last := p.lastDrop.Load(); last != now && p.lastDrop.CompareAndSwap(last, now) {
 		p.log.Warn("connection closed: no ready container", "port", p.ports[i].host, "err", err)

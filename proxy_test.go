@@ -31,10 +31,11 @@ type loopServer struct {
 	ln   *net.TCPListener
 	port uint16
 
-	mu     sync.Mutex
-	conns  map[*net.TCPConn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*net.TCPConn]struct{}
+	accepted int
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 func listenLoopback(tb testing.TB) *net.TCPListener {
@@ -69,6 +70,7 @@ func startLoopServer(tb testing.TB, handle func(c *net.TCPConn)) *loopServer {
 				return
 			}
 			s.conns[c] = struct{}{}
+			s.accepted++
 			s.wg.Add(1)
 			s.mu.Unlock()
 			go func() {

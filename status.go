@@ -80,15 +80,19 @@ func (f statusFlag) Set(s string) error {
 	return nil
 }
 
-// checker decides whether a container is ready for traffic.
+// checker decides whether a container is ready for traffic: it answers
+// 200 at its status URL, or accepts a connection on its status port. With
+// neither, every container is ready at once.
 type checker struct {
-	url    statusURL // zero: every container is ready at once
-	client *http.Client
+	url     statusURL
+	tcpPort uint16
+	client  *http.Client
 }
 
-func newChecker(u statusURL) *checker {
+func newChecker(u statusURL, tcpPort uint16) *checker {
 	return &checker{
-		url: u,
+		url:     u,
+		tcpPort: tcpPort,
 		client: &http.Client{
 			Timeout: statusAttempt,
 			Transport: &http.Transport{
@@ -112,8 +116,17 @@ func sameHostOnly(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
-// probe makes one attempt: only a 200 answer means ready.
+// probe makes one attempt: only a 200 answer, or an accepted connection,
+// means ready.
 func (c *checker) probe(ctx context.Context, ip netip.Addr) error {
+	if c.tcpPort != 0 {
+		d := net.Dialer{Timeout: statusAttempt}
+		conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, c.tcpPort).String())
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
 	if c.url.port == 0 {
 		return nil
 	}

@@ -111,7 +111,7 @@ func newStatusServer(t *testing.T, uri string, h http.HandlerFunc) (*httptest.Se
 	if ap.Addr() != statusTestIP {
 		t.Skipf("test server listens on %v, not %v", ap.Addr(), statusTestIP)
 	}
-	return srv, newChecker(statusURL{port: ap.Port(), uri: uri})
+	return srv, newChecker(statusURL{port: ap.Port(), uri: uri}, 0)
 }
 
 // releaseOnCleanup returns a channel closed when the test ends, so that handlers
@@ -362,7 +362,7 @@ func TestCheckerWaitReadyCanceled(t *testing.T) {
 // TestCheckerZeroURL checks that without -status_url every container is
 // ready at once, with no request made.
 func TestCheckerZeroURL(t *testing.T) {
-	c := newChecker(statusURL{})
+	c := newChecker(statusURL{}, 0)
 	if err := c.probe(t.Context(), netip.Addr{}); err != nil {
 		t.Errorf("probe: got %v; want nil", err)
 	}

@@ -7,12 +7,11 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
-	"github.com/docker/docker/api/types/filters"
 )
 
 // dockerAPI holds the only Docker calls the proxy makes, so that fakes stay
@@ -31,6 +30,9 @@ type ctrInfo struct {
 	created time.Time // orders containers: the newest ready one serves
 	started time.Time // tells a restart from a repeated event
 	ip      netip.Addr
+
+	healthcheck bool // the image or container defines a HEALTHCHECK
+	healthy     bool // its state was healthy when inspected
 }
 
 func (c ctrInfo) short() string { return shortID(c.id) }
@@ -58,6 +60,7 @@ const (
 	started changeKind = iota // ctr started, or restarted
 	stopped                   // id stopped or was removed
 	synced                    // list holds every running container of the tag
+	health                    // id's HEALTHCHECK turned healthy (or not)
 )
 
 // change is what the watcher tells the deployer.
@@ -67,56 +70,20 @@ type change struct {
 	id      string    // stopped
 	list    []ctrInfo // synced
 	initial bool      // synced: the list made at start-up
-}
-
-// tagMatcher tells whether an image reference names the -tag image.
-// References are compared after normalisation, so "myapp", "myapp:latest"
-// and "docker.io/library/myapp:latest" are the same.
-type tagMatcher struct {
-	want reference.Named
-}
-
-func newTagMatcher(tag string) (tagMatcher, error) {
-	ref, err := normalizeRef(tag)
-	if err != nil {
-		return tagMatcher{}, fmt.Errorf("%q: want an image reference like myapp:latest: %w", tag, err)
-	}
-	return tagMatcher{want: ref}, nil
-}
-
-func normalizeRef(s string) (reference.Named, error) {
-	ref, err := reference.ParseNormalizedNamed(s)
-	if err != nil {
-		return nil, err
-	}
-	return reference.TagNameOnly(ref), nil
-}
-
-func (m tagMatcher) String() string { return reference.FamiliarString(m.want) }
-
-func (m tagMatcher) match(image string) bool {
-	ref, err := normalizeRef(image)
-	return err == nil && ref.String() == m.want.String()
-}
-
-// eventFilter asks the daemon only for container events of the image's
-// repository. The daemon compares the image name with its tag stripped, so
-// every tag of the repository still arrives; match() picks ours.
-func (m tagMatcher) eventFilter() filters.Args {
-	return filters.NewArgs(
-		filters.Arg("type", string(events.ContainerEventType)),
-		filters.Arg("image", reference.FamiliarName(m.want)),
-		filters.Arg("image", m.want.Name()),
-	)
+	healthy bool      // health
 }
 
 // watcher follows the containers of one tag through the daemon's event
 // stream and reports them to the deployer as changes.
 type watcher struct {
 	docker dockerAPI
-	tag    tagMatcher
-	log    *slog.Logger
-	out    chan<- change
+	sel    selector
+	net    string // -network
+	m      *metrics
+	// connected tells whether the event stream is up, for /status.
+	connected atomic.Bool
+	log       *slog.Logger
+	out       chan<- change
 }
 
 // Event stream reconnection backoff.
@@ -145,11 +112,14 @@ func (w *watcher) run(ctx context.Context) error {
 			}
 			initial = false
 			backoff = 0
+			w.connected.Store(true)
 		})
 		if ctx.Err() != nil {
 			return nil
 		}
+		w.connected.Store(false)
 		if backoff == 0 {
+			w.m.reconnects.Inc()
 			w.log.Warn("event stream lost, reconnecting", "err", err, "backoff", minBackoff)
 		} else {
 			w.log.Debug("event stream still down", "err", err, "backoff", backoff)
@@ -169,7 +139,7 @@ func (w *watcher) run(ctx context.Context) error {
 func (w *watcher) follow(ctx context.Context, since string, initial bool, seen func(events.Message), listed func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	msgs, errs := w.docker.Events(ctx, events.ListOptions{Since: since, Filters: w.tag.eventFilter()})
+	msgs, errs := w.docker.Events(ctx, events.ListOptions{Since: since, Filters: w.sel.eventFilter()})
 	list, err := w.list(ctx)
 	if err != nil {
 		return err
@@ -209,14 +179,14 @@ func eventTime(ev events.Message) string {
 
 // translate turns a daemon event into a change, if it is one of ours.
 func (w *watcher) translate(ctx context.Context, ev events.Message) (change, bool) {
-	if ev.Type != events.ContainerEventType || !w.tag.match(ev.Actor.Attributes["image"]) {
+	if ev.Type != events.ContainerEventType || !w.sel.match(ev.Actor.Attributes["image"], ev.Actor.Attributes) {
 		return change{}, false
 	}
 	switch ev.Action {
 	case events.ActionStart:
 		info, running, err := w.inspect(ctx, ev.Actor.ID)
 		if err != nil {
-			w.log.Error("inspect failed", "container", shortID(ev.Actor.ID), "tag", w.tag, "err", err)
+			w.log.Error("inspect failed", "container", shortID(ev.Actor.ID), "err", err)
 			return change{}, false
 		}
 		if !running {
@@ -225,14 +195,13 @@ func (w *watcher) translate(ctx context.Context, ev events.Message) (change, boo
 		return change{kind: started, ctr: info}, true
 	case events.ActionDie, events.ActionDestroy:
 		return change{kind: stopped, id: ev.Actor.ID}, true
+	case "health_status: healthy", "health_status: unhealthy":
+		return change{kind: health, id: ev.Actor.ID, healthy: ev.Action == "health_status: healthy"}, true
 	}
 	return change{}, false
 }
 
-// list returns the running containers of the tag. The list reports a
-// container's image as the reference it was created with, unless that
-// reference now names another image (the tag was rebuilt for a deploy):
-// then it reports the image id, and only inspect tells the reference.
+// list returns the running containers of the tag (see selector.maybe).
 func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
 	all, err := w.docker.ContainerList(ctx, container.ListOptions{})
 	if err != nil {
@@ -240,7 +209,7 @@ func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
 	}
 	var list []ctrInfo
 	for _, c := range all {
-		if !w.tag.match(c.Image) && c.Image != c.ImageID && !strings.HasPrefix(c.Image, "sha256:") {
+		if !w.sel.maybe(c.Image, c.ImageID, c.Labels) {
 			continue
 		}
 		info, running, err := w.inspect(ctx, c.ID)
@@ -264,7 +233,7 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 	if err != nil {
 		return ctrInfo{}, false, fmt.Errorf("inspect %s: %w", shortID(id), err)
 	}
-	if c.ContainerJSONBase == nil || c.State == nil || c.Config == nil || !w.tag.match(c.Config.Image) {
+	if c.ContainerJSONBase == nil || c.State == nil || c.Config == nil || !w.sel.match(c.Config.Image, c.Config.Labels) {
 		return ctrInfo{}, false, errNotOurs
 	}
 	info := ctrInfo{id: c.ID}
@@ -273,21 +242,31 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 	if !c.State.Running {
 		return info, false, nil
 	}
-	ip, network, err := containerIP(c.NetworkSettings)
+	ip, network, warn, err := containerIP(c.NetworkSettings, w.net)
 	if err != nil {
 		return info, false, fmt.Errorf("container %s: %w", shortID(id), err)
 	}
+	if warn != "" {
+		w.log.Warn("several networks", "container", info.short(), "addr", ip, "networks", warn)
+	}
 	info.ip = ip
-	w.log.Debug("inspected", "container", info.short(), "addr", ip, "network", network)
+	if hc := c.Config.Healthcheck; hc != nil && len(hc.Test) > 0 && hc.Test[0] != "NONE" {
+		info.healthcheck = true
+		if c.State.Health != nil {
+			info.healthy = c.State.Health.Status == container.Healthy
+		}
+	}
+	w.log.Debug("inspected", "container", info.short(), "addr", ip, "network", network, "healthcheck", info.healthcheck)
 	return info, true, nil
 }
 
-// containerIP picks the address the proxy dials: the one on the default
-// bridge if the container has it, else the one on the first of its networks
-// in name order, so that the choice is the same every time.
-func containerIP(ns *container.NetworkSettings) (netip.Addr, string, error) {
+// containerIP picks the address the proxy dials: the one on network if it
+// is set; else the one on the default bridge, else on the only network.
+// With several networks and no bridge it takes the first by name, so that
+// the choice is the same every time, and says so in warn.
+func containerIP(ns *container.NetworkSettings, network string) (ip netip.Addr, chosen, warn string, err error) {
 	if ns == nil {
-		return netip.Addr{}, "", fmt.Errorf("no network settings")
+		return ip, "", "", fmt.Errorf("no network settings")
 	}
 	names := make([]string, 0, len(ns.Networks))
 	for name, ep := range ns.Networks {
@@ -296,15 +275,25 @@ func containerIP(ns *container.NetworkSettings) (netip.Addr, string, error) {
 		}
 	}
 	slices.Sort(names)
-	if i := slices.Index(names, "bridge"); i > 0 {
-		names[0], names[i] = names[i], names[0]
+	switch {
+	case network != "":
+		if !slices.Contains(names, network) {
+			return ip, "", "", fmt.Errorf("no address on network %s (it has one on: %s)", network, strings.Join(names, ", "))
+		}
+		chosen = network
+	case len(names) == 0:
+		return ip, "", "", fmt.Errorf("no IP address on any network")
+	case slices.Contains(names, "bridge"):
+		chosen = "bridge"
+	default:
+		chosen = names[0]
+		if len(names) > 1 {
+			warn = fmt.Sprintf("on networks %s; using %s (choose with -network)", strings.Join(names, ", "), chosen)
+		}
 	}
-	if len(names) == 0 {
-		return netip.Addr{}, "", fmt.Errorf("no IP address on any network")
-	}
-	ip, err := netip.ParseAddr(ns.Networks[names[0]].IPAddress)
+	ip, err = netip.ParseAddr(ns.Networks[chosen].IPAddress)
 	if err != nil {
-		return netip.Addr{}, "", fmt.Errorf("network %s: %w", names[0], err)
+		return ip, "", "", fmt.Errorf("network %s: %w", chosen, err)
 	}
-	return ip, names[0], nil
+	return ip, chosen, warn, nil
 }

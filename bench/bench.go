@@ -117,6 +117,11 @@ func (b *bench) main(ctx context.Context, profile bool) error {
 	}
 	b.targets = append(b.targets, bare)
 
+	if profile {
+		b.profile(ctx, dp)
+		return ctx.Err()
+	}
+
 	// Idle memory first: it is the figure most disturbed by what came
 	// before (sockets in TIME_WAIT, grown heaps).
 	phases := []struct {
@@ -146,9 +151,6 @@ func (b *bench) main(ctx context.Context, profile bool) error {
 	}
 	fmt.Println()
 	b.printTable(os.Stdout)
-	if profile && ctx.Err() == nil {
-		b.profile(ctx, dp)
-	}
 	if failed == nil && ctx.Err() != nil {
 		failed = ctx.Err()
 	}

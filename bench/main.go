@@ -8,7 +8,7 @@
 //
 //	go run ./bench          # full run, under 5 minutes
 //	go run ./bench -quick   # shorter measurements, under a minute
-//	go run ./bench -profile # also strace -c (and perf, if it works) of docker-proxy
+//	go run ./bench -profile # no table: strace -c and perf of docker-proxy under load
 //
 // It ends by itself (a whole-run deadline) and removes everything it made
 // on every exit path: containers, image, subprocesses, temp dir.
@@ -58,7 +58,7 @@ var (
 
 func main() {
 	quick := flag.Bool("quick", false, "shorter measurements (under a minute)")
-	profile := flag.Bool("profile", false, "after the table, strace -c (and perf, if available) docker-proxy under load")
+	profile := flag.Bool("profile", false, "instead of the table: strace -c and perf (where they work) of docker-proxy under load")
 	bare := flag.String("bare", "", "internal: run the bare Go proxy for LISTEN=TARGET,... and nothing else")
 	flag.Parse()
 	if *bare != "" {

@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// profile shows where docker-proxy spends its time, after the table (it
-// distorts what it watches, so it never runs during the measurements):
+// profile shows where docker-proxy spends its time, in a run of its own
+// (tracing distorts what it watches, so it never runs with the table):
 // strace -c over a bulk transfer (to confirm splice moves the bytes) and
 // over a connection-rate run, and perf over a connection-rate run when
 // perf works here.
@@ -26,11 +26,11 @@ func (b *bench) profile(ctx context.Context, dp *target) {
 			_, _ = runBulk(ctx, dp.sink, 1, true, 0, 1500*time.Millisecond, 0)
 			_, _ = runBulk(ctx, dp.source, 1, false, 0, 1500*time.Millisecond, 0)
 		})
-		fmt.Printf("-- strace -f -c, 1 stream up 1.5s then down 1.5s:\n%s\n", top(out, 14))
+		fmt.Printf("-- strace -f -c, 1 stream up 1.5s then down 1.5s:\n%s\n", top(from(out, "% time"), 20))
 		out = traced(ctx, []string{"strace", "-f", "-c", "-p", fmt.Sprint(dp.pid())}, func() {
 			_, _ = runRate(ctx, dp.echo, 2*time.Second, 0)
 		})
-		fmt.Printf("-- strace -f -c, connection rate for 2s:\n%s\n", top(out, 14))
+		fmt.Printf("-- strace -f -c, connection rate for 2s:\n%s\n", top(from(out, "% time"), 20))
 	}
 	if _, err := exec.LookPath("perf"); err != nil {
 		fmt.Println("   perf is not installed: no CPU profile")
@@ -41,12 +41,12 @@ func (b *bench) profile(ctx context.Context, dp *target) {
 		_, _ = runRate(ctx, dp.echo, 3*time.Second, 0)
 	})
 	rep, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
-		"--sort", "symbol", "-g", "none", "--percent-limit", "1").CombinedOutput()
+		"--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.7").CombinedOutput()
 	if err != nil {
 		fmt.Printf("   perf did not work here: %v\n%s\n", err, top(out, 5))
 		return
 	}
-	fmt.Printf("-- perf report, connection rate for 3s (symbols over 1%%):\n%s\n", top(string(rep), 45))
+	fmt.Printf("-- perf report, connection rate for 3s (symbols over 0.7%%):\n%s\n", top(string(rep), 45))
 }
 
 // traced runs load while the tracer watches, then stops the tracer with
@@ -85,4 +85,15 @@ func top(s string, n int) string {
 		keep = keep[:n]
 	}
 	return strings.Join(keep, "\n")
+}
+
+// from is s from the line that holds marker on (all of s without one).
+func from(s, marker string) string {
+	if i := strings.Index(s, marker); i >= 0 {
+		if j := strings.LastIndexByte(s[:i], '\n'); j >= 0 {
+			return s[j+1:]
+		}
+		return s[i:]
+	}
+	return s
 }

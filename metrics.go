@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the proxy's Prometheus metrics. They always exist (an atomic
+// add costs next to nothing) and are served only with -metrics_address.
+// The per-port ones are resolved once per listener, so a connection never
+// looks a label up.
+type metrics struct {
+	reg *prometheus.Registry
+
+	accepted, failed   []prometheus.Counter // by listener index
+	active             []prometheus.Gauge
+	bytesUp, bytesDown []prometheus.Counter // client to container, and back
+
+	swaps, removals, rollbacks, reconnects prometheus.Counter
+	readiness                              *prometheus.CounterVec
+	readyTime                              prometheus.Histogram
+	serving                                *prometheus.GaugeVec
+}
+
+func newMetrics(ports []portMap) *metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	portVec := func(name, help string) *prometheus.CounterVec {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "docker_proxy_" + name, Help: help}, []string{"port"})
+		f(v)
+		return v
+	}
+	accepted := portVec("connections_accepted_total", "Connections accepted, by host port.")
+	failed := portVec("connections_failed_total", "Connections closed unforwarded: no ready container within the hold timeout.")
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "docker_proxy_bytes_total", Help: "Bytes forwarded, by host port and direction (up: client to container).",
+	}, []string{"port", "direction"})
+	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "docker_proxy_connections_active", Help: "Connections open now, by host port.",
+	}, []string{"port"})
+	f(bytes)
+	f(active)
+	m := &metrics{
+		reg:        reg,
+		swaps:      prometheus.NewCounter(prometheus.CounterOpts{Name: "docker_proxy_swaps_total", Help: "Times a newer container began serving."}),
+		removals:   prometheus.NewCounter(prometheus.CounterOpts{Name: "docker_proxy_removals_total", Help: "Containers retired (removed, stopped or left, as -retire says)."}),
+		rollbacks:  prometheus.NewCounter(prometheus.CounterOpts{Name: "docker_proxy_rollbacks_total", Help: "Times the previous container served again because the new one failed."}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "docker_proxy_event_stream_reconnects_total", Help: "Times the Docker event stream was lost."}),
+		readiness: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_proxy_readiness_checks_total", Help: "Readiness checks by outcome: ready, ignored (not ready in time) or superseded.",
+		}, []string{"outcome"}),
+		readyTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "docker_proxy_readiness_seconds", Help: "Time from a container's start to its readiness.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 12),
+		}),
+		serving: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "docker_proxy_serving_info", Help: "The container new connections go to (value 1).",
+		}, []string{"container", "addr"}),
+	}
+	f(m.swaps)
+	f(m.removals)
+	f(m.rollbacks)
+	f(m.reconnects)
+	f(m.readiness)
+	f(m.readyTime)
+	f(m.serving)
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, p := range ports {
+		port := strconv.Itoa(int(p.host))
+		m.accepted = append(m.accepted, accepted.WithLabelValues(port))
+		m.failed = append(m.failed, failed.WithLabelValues(port))
+		m.active = append(m.active, active.WithLabelValues(port))
+		m.bytesUp = append(m.bytesUp, bytes.WithLabelValues(port, "up"))
+		m.bytesDown = append(m.bytesDown, bytes.WithLabelValues(port, "down"))
+	}
+	return m
+}
+
+// setServing records the serving container; nil for none.
+func (m *metrics) setServing(c *ctr) {
+	m.serving.Reset()
+	if c != nil {
+		m.serving.WithLabelValues(c.short(), c.ip.String()).Set(1)
+	}
+}
+
+// status is the /status document: what the deployer knows now.
+type status struct {
+	Selector string      `json:"selector"`
+	Serving  *ctrStatus  `json:"serving"`
+	Pending  []ctrStatus `json:"pending"`  // readiness check running
+	Draining []ctrStatus `json:"draining"` // in their grace period
+	Ignored  []ctrStatus `json:"ignored"`  // not ready in time
+	Events   string      `json:"events"`   // "connected" or "reconnecting"
+}
+
+type ctrStatus struct {
+	Container   string    `json:"container"`
+	Addr        string    `json:"addr"`
+	Created     time.Time `json:"created"`
+	Connections int       `json:"connections"` // counted when /status is read
+	backend     *backend
+}
+
+// current fills in what changes without an event: connection counts, and
+// the state of the event stream.
+func (s status) current(connected bool) status {
+	fill := func(cs []ctrStatus) []ctrStatus {
+		out := make([]ctrStatus, len(cs))
+		for i, c := range cs {
+			if c.backend != nil {
+				c.Connections = c.backend.count()
+			}
+			out[i] = c
+		}
+		return out
+	}
+	if s.Serving != nil {
+		s.Serving = &fill([]ctrStatus{*s.Serving})[0]
+	}
+	s.Pending, s.Draining, s.Ignored = fill(s.Pending), fill(s.Draining), fill(s.Ignored)
+	s.Events = "reconnecting"
+	if connected {
+		s.Events = "connected"
+	}
+	return s
+}
+
+// serveMetrics serves /metrics, /healthz and /status on addr until ctx
+// ends.
+func serveMetrics(ctx context.Context, addr string, m *metrics, snap *atomic.Pointer[status], connected *atomic.Bool, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		s := status{}
+		if p := snap.Load(); p != nil {
+			s = *p
+		}
+		_ = enc.Encode(s.current(connected.Load()))
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
