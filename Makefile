@@ -5,11 +5,12 @@ IMAGE    ?= docker-proxy:latest
 GO       ?= go
 GOFLAGS_BUILD := -trimpath
 PREFIX   ?= /usr/local
+COMMIT   := $(shell git rev-parse --short HEAD 2>/dev/null)
 
 .PHONY: build test image demo lint bench bench-quick gobench soak fuzz install clean
 
 build:
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-X main.commit=$(COMMIT)" -o $(BIN) .
 
 # The whole suite, against the real Docker daemon, under the race detector.
 test:
@@ -38,10 +39,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePorts$$' -fuzztime 5s .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStatusURL$$' -fuzztime 5s .
 
+# Installs into $(PREFIX)/bin, refusing any place where dockerd would take
+# it for its own userland proxy (see scripts/install.sh).
 install: build
-	@if [ -e "$(PREFIX)/bin/dockerd" ]; then \
-		echo "refusing to install into $(PREFIX)/bin: dockerd lives there, and Docker looks for its own docker-proxy beside it"; exit 1; fi
-	install -m 0755 $(BIN) $(PREFIX)/bin/docker-proxy
+	PREFIX=$(PREFIX) BIN=$(BIN) scripts/install.sh
 
 clean:
 	rm -rf bin

@@ -6,15 +6,20 @@
 //	                 /version adds $VERSION, /status answers 200 once ready,
 //	                 /slow?ms=N answers after N ms
 //	-echo ADDR       raw TCP echo; half-closes its side after the client's EOF
+//	-echo_after D    open the -echo listener only D after start
 //	-ready_after D   /status answers 503 until D after start
 //	-fail_status     /status always answers 500
 //	-unready_after D /status answers 503 again D after it became ready
 //	-exit_after D    exit(3) D after becoming ready (a crash after a deploy;
 //	                 requests in flight finish first)
 //	-check URL       client mode for a HEALTHCHECK: exit 0 if URL answers 200
+//	-proxyproto ADDR raw TCP: reads a PROXY protocol header (v1 or v2), writes
+//	                 back the source address it names and a newline, then
+//	                 echoes like -echo
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -27,17 +32,21 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 )
 
 func main() {
 	var (
 		httpAddr     = flag.String("http", ":80", "HTTP listen address (empty: none)")
 		echoAddr     = flag.String("echo", "", "TCP echo listen address (empty: none)")
+		echoAfter    = flag.Duration("echo_after", 0, "open the -echo listener this long after start")
 		readyAfter   = flag.Duration("ready_after", 0, "answer /status with 503 until this long after start")
 		failStatus   = flag.Bool("fail_status", false, "answer /status with 500 forever")
 		unreadyAfter = flag.Duration("unready_after", 0, "answer /status with 503 again this long after becoming ready")
 		exitAfter    = flag.Duration("exit_after", 0, "exit this long after becoming ready")
 		check        = flag.String("check", "", "GET this URL and exit 0 on 200, 1 otherwise")
+		proxyAddr    = flag.String("proxyproto", "", "listen address for PROXY protocol connections: answer the source address, then echo (empty: none)")
 	)
 	flag.Parse()
 	if *check != "" {
@@ -95,11 +104,25 @@ func main() {
 		}()
 	}
 	if *echoAddr != "" {
-		ln, err := net.Listen("tcp", *echoAddr)
+		openEcho := func() {
+			ln, err := net.Listen("tcp", *echoAddr)
+			if err != nil {
+				log.Fatal(err)
+			}
+			go serveEcho(ln)
+		}
+		if *echoAfter > 0 {
+			time.AfterFunc(*echoAfter, openEcho)
+		} else {
+			openEcho()
+		}
+	}
+	if *proxyAddr != "" {
+		ln, err := net.Listen("tcp", *proxyAddr)
 		if err != nil {
 			log.Fatal(err)
 		}
-		go serveEcho(ln)
+		go serveProxyProto(ln)
 	}
 
 	// As PID 1 in a container a signal without a handler is ignored, so
@@ -121,6 +144,34 @@ func serveEcho(ln net.Listener) {
 		go func() {
 			defer c.Close()
 			_, _ = io.Copy(c, c)
+			_ = c.(*net.TCPConn).CloseWrite()
+		}()
+	}
+}
+
+// serveProxyProto answers each connection with the source address of its
+// PROXY protocol header and a newline, then echoes the rest; a connection
+// without a valid header gets "error: ..." and is closed.
+func serveProxyProto(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			r := bufio.NewReader(c)
+			h, err := proxyproto.Read(r)
+			if err != nil {
+				fmt.Fprintf(c, "error: %v\n", err)
+				return
+			}
+			_ = c.SetReadDeadline(time.Time{})
+			if _, err := fmt.Fprintf(c, "%s\n", h.SourceAddr); err != nil {
+				return
+			}
+			_, _ = io.Copy(c, r)
 			_ = c.(*net.TCPConn).CloseWrite()
 		}()
 	}
