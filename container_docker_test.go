@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -111,6 +113,15 @@ func TestDockerStartScriptFromERB(t *testing.T) {
 	if err := os.WriteFile(script, out, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Settings reach the container as DOCKER_PROXY_* variables, not flags.
+	for _, want := range []string{"-e DOCKER_PROXY_PORTS=", "-e DOCKER_PROXY_TAG=", "-e DOCKER_PROXY_GRACE_PERIOD="} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the rendered script lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), " -ports ") || strings.Contains(string(out), " -tag ") {
+		t.Errorf("the rendered script still passes flags:\n%s", out)
+	}
 	if b, err := exec.Command("bash", "-n", script).CombinedOutput(); err != nil {
 		t.Fatalf("bash -n: %v\n%s\n%s", err, b, out)
 	}
@@ -126,6 +137,9 @@ func TestDockerStartScriptFromERB(t *testing.T) {
 	}
 	if !info.State.Running {
 		t.Fatalf("%s is not running", name)
+	}
+	if len(info.Args) != 0 || !slices.Contains(info.Config.Env, "DOCKER_PROXY_PORTS="+strconv.Itoa(port)+"=80") {
+		t.Errorf("%s: args %q, env %q; want no args and DOCKER_PROXY_PORTS set", name, info.Args, info.Config.Env)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	waitServed(t, addr, svc, 20*time.Second)

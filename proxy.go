@@ -206,8 +206,13 @@ func (p *proxy) done(i int) {
 // with backoff (5ms doubling to 1s, as net/http does), so a transient
 // shortage such as EMFILE never gives up the port.
 func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
+	// Closing the listener unblocks AcceptTCP when ctx ends; serve also
+	// closes it on its way out, whichever way it leaves.
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
-	defer stop()
+	defer func() {
+		stop()
+		_ = ln.Close()
+	}()
 	var backoff time.Duration
 	for {
 		if p.slots != nil {

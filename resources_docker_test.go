@@ -22,7 +22,10 @@ func TestDockerAcceptSurvivesEMFILE(t *testing.T) {
 	startCtr(t, tag, "-http", "", "-echo", ":7")
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	pp := startBinary(t, "ulimit -n 48;", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=7", "-tag", tag)
+	// A long hold: a connection accepted while no descriptor is left for
+	// its dial waits until the test frees some, however slow the machine.
+	pp := startBinary(t, "ulimit -n 48;", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=7", "-tag", tag,
+		"-hold_timeout", "60s")
 	pp.logs.waitLog(t, 10*time.Second, "serving")
 
 	// Each forwarded connection takes two descriptors: more than 48

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -213,8 +214,13 @@ func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
 			continue
 		}
 		info, running, err := w.inspect(ctx, c.ID)
-		if err != nil {
-			w.log.Debug("inspect failed", "container", shortID(c.ID), "err", err)
+		switch {
+		case errors.Is(err, errNotOurs):
+			continue
+		case err != nil:
+			// A container of ours that cannot be served, e.g. not on
+			// -network: say so, or a typo looks like an empty host.
+			w.log.Warn("inspect failed", "container", shortID(c.ID), "err", err)
 			continue
 		}
 		if running {
@@ -225,7 +231,7 @@ func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
 }
 
 // errNotOurs says that an inspected container was not made from the tag.
-var errNotOurs = fmt.Errorf("not made from the tag")
+var errNotOurs = errors.New("not selected")
 
 // inspect reads a container of the tag, and whether it is running.
 func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error) {
