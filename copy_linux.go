@@ -76,26 +76,27 @@ func (c *copier) copy(dst *net.TCPConn) (int64, error) {
 }
 
 // queued is called by RawConn.Read: it reports true once src has data or
-// EOF (c.n bytes queued; 0 for EOF) or an error, and false to wait.
+// EOF (c.n bytes queued; 0 for EOF) or an error, and false to wait. One
+// recv with MSG_PEEK|MSG_TRUNC tells all three without copying or
+// consuming a byte: it returns how many bytes are queued, 0 at EOF, or
+// EAGAIN. (unix.Recvfrom would allocate a socket address on every call,
+// and wants a buffer as long as the length asked.)
 func (c *copier) queued(fd uintptr) bool {
-	c.n, c.err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) // FIONREAD
-	if c.err != nil || c.n > 0 {
-		return true
-	}
-	// Nothing queued: either nothing has arrived yet, or the peer sent
-	// FIN. A peek tells which without consuming anything.
-	// (unix.Recvfrom would allocate a socket address on every call.)
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1,
-		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), peekMax,
+		unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
 	switch errno {
 	case 0:
-		c.n = int(n) // 0: EOF; 1: data arrived since the ioctl
+		c.n, c.err = int(n), nil
 	case unix.EAGAIN:
 		return false
 	case unix.EINTR:
 		return c.queued(fd)
 	default:
-		c.err = errno
+		c.n, c.err = 0, errno
 	}
 	return true
 }
+
+// peekMax is the most one wait reports: the kernel stops counting at the
+// first socket buffer at or past it.
+const peekMax = 1 << 30

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,12 +32,20 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 )
 
-// testLabel marks every container the tests start, with the run's id.
-const testLabel = "docker-proxy-test"
+// testLabel marks every container and image the tests make, with the
+// run's id; pidLabel with the test process, so that a later run can reap
+// what a run killed before its clean-up (a panic, a timeout) left behind.
+const (
+	testLabel = "docker-proxy-test"
+	pidLabel  = "docker-proxy-test.pid"
+)
+
+var ownPID = strconv.Itoa(os.Getpid())
 
 var (
 	runID = func() string {
@@ -89,6 +98,7 @@ func setupDocker() error {
 		return err
 	}
 	dockerCli = cli
+	reapStale(ctx)
 	dir, err := os.MkdirTemp("", "dockerproxy-test")
 	if err != nil {
 		return err
@@ -102,6 +112,32 @@ func setupDocker() error {
 	return buildImage(serverImage, map[string]string{
 		"Dockerfile": "FROM scratch\nCOPY testserver /testserver\nENTRYPOINT [\"/testserver\"]\n",
 	}, map[string]string{"testserver": bin})
+}
+
+// reapStale removes the containers and images of earlier test runs whose
+// process is gone: they were killed before their clean-up ran.
+func reapStale(ctx context.Context) {
+	gone := func(labels map[string]string) bool {
+		pid, err := strconv.Atoi(labels[pidLabel])
+		if err != nil || pid == os.Getpid() {
+			return false
+		}
+		_, err = os.Stat("/proc/" + strconv.Itoa(pid))
+		return os.IsNotExist(err)
+	}
+	f := filters.NewArgs(filters.Arg("label", pidLabel))
+	ctrs, _ := dockerCli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	for _, c := range ctrs {
+		if gone(c.Labels) {
+			_ = dockerCli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+		}
+	}
+	imgs, _ := dockerCli.ImageList(ctx, image.ListOptions{Filters: f})
+	for _, img := range imgs {
+		if gone(img.Labels) {
+			_, _ = dockerCli.ImageRemove(ctx, img.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+		}
+	}
 }
 
 // goBuild builds a static binary of pkg.
@@ -149,6 +185,7 @@ func buildImage(ref string, inline, files map[string]string) error {
 	defer cancel()
 	resp, err := dockerCli.ImageBuild(ctx, &buf, build.ImageBuildOptions{
 		Tags: []string{ref}, Remove: true, ForceRemove: true, Version: build.BuilderV1,
+		Labels: map[string]string{testLabel: runID, pidLabel: ownPID},
 	})
 	if err != nil {
 		return fmt.Errorf("build %s: %w", ref, err)
@@ -242,6 +279,7 @@ func startCtrWith(t testing.TB, cfg *container.Config, host *container.HostConfi
 		cfg.Labels = map[string]string{}
 	}
 	cfg.Labels[testLabel] = runID
+	cfg.Labels[pidLabel] = ownPID
 	created, err := cli.ContainerCreate(ctx, cfg, host, nil, nil, name)
 	if err != nil {
 		t.Fatalf("create %s: %v", cfg.Image, err)

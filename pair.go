@@ -193,16 +193,18 @@ func (p *pair) sendHeader(server *net.TCPConn) error {
 }
 
 // halfClose passes EOF on from src to dst; after a real error it closes
-// both ends at once. The direction that finishes last closes the pair.
+// both ends at once. The direction that finishes last closes the pair
+// (a close sends its FIN too, so it skips the half-close).
 func (p *pair) halfClose(dst, src *net.TCPConn, err error) {
-	if err != nil {
+	last := p.running.Add(-1) == 0
+	switch {
+	case err != nil:
 		_ = dst.Close()
 		_ = src.Close()
-	} else {
+	case !last:
 		_ = dst.CloseWrite()
-		_ = src.CloseRead()
 	}
-	if p.running.Add(-1) == 0 {
+	if last {
 		_ = p.client.Close()
 		_ = p.server.Close()
 		p.backend.untrack(p)

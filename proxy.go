@@ -17,9 +17,9 @@ import (
 // removed: once its network is gone the kernel sends no reset, and a
 // connection the proxy does not close itself would hang.
 type backend struct {
-	id    string           // full container id
-	ip    netip.Addr       // the container's address
-	addrs []netip.AddrPort // dial address for each listener, by index
+	id    string     // full container id
+	ip    netip.Addr // the container's address
+	dials []string   // "IP:port" to dial for each listener, by index
 
 	mu     sync.Mutex
 	conns  *pair // open pairs, a doubly linked list through pair.prev/next
@@ -29,9 +29,9 @@ type backend struct {
 }
 
 func newBackend(id string, ip netip.Addr, ports []portMap) *backend {
-	b := &backend{id: id, ip: ip, addrs: make([]netip.AddrPort, len(ports))}
+	b := &backend{id: id, ip: ip, dials: make([]string, len(ports))}
 	for i, p := range ports {
-		b.addrs[i] = netip.AddrPortFrom(ip, p.container)
+		b.dials[i] = netip.AddrPortFrom(ip, p.container).String()
 	}
 	return b
 }
@@ -177,10 +177,13 @@ const retryDial = 50 * time.Millisecond
 
 func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, log *slog.Logger) *proxy {
 	p := &proxy{
-		route:     route,
-		ports:     ports,
-		hold:      hold,
-		dialer:    net.Dialer{Timeout: 5 * time.Second},
+		route: route,
+		ports: ports,
+		hold:  hold,
+		// No TCP keep-alive toward containers: they are local, and one
+		// that dies is seen by its die event. (Clients keep Go's
+		// default keep-alive, to find the ones that vanish.)
+		dialer:    net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1},
 		replayMax: defaultReplayBytes,
 		m:         newMetrics(ports),
 		log:       log,
@@ -265,9 +268,11 @@ func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 			continue
 		}
 		if b.track(pr) {
+			// Two fresh goroutines: this one's stack grew while it
+			// dialed, and an idle pair should hold only small ones.
 			pr.running.Store(2)
 			go pr.clientToServer()
-			pr.serverToClient()
+			go pr.serverToClient()
 			return
 		}
 		// b was retired between load and track: dial the new one.
@@ -297,7 +302,7 @@ func (p *proxy) connect(ctx context.Context, i int) (*backend, *net.TCPConn, err
 		}
 		return p.connectHeld(ctx, i, nil)
 	}
-	server, err := p.dialer.DialTCP(ctx, "tcp", netip.AddrPort{}, b.addrs[i])
+	server, err := p.dial(ctx, b, i)
 	if err != nil && p.hold > 0 {
 		return p.connectHeld(ctx, i, b)
 	}
@@ -325,10 +330,21 @@ func (p *proxy) connectHeld(ctx context.Context, i int, b *backend) (*backend, *
 			continue
 		}
 		var server *net.TCPConn
-		if server, err = p.dialer.DialTCP(ctx, "tcp", netip.AddrPort{}, b.addrs[i]); err == nil {
+		if server, err = p.dial(ctx, b, i); err == nil {
 			return b, server, nil
 		}
 	}
 }
 
 var errNoBackend = errors.New("no ready container")
+
+// dial connects to backend b for listener i. (Dialer.DialTCP with a zero
+// local address binds before it connects, which pins an ephemeral port to
+// no destination; DialContext lets connect pick it, per destination.)
+func (p *proxy) dial(ctx context.Context, b *backend, i int) (*net.TCPConn, error) {
+	c, err := p.dialer.DialContext(ctx, "tcp", b.dials[i])
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}

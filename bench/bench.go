@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// phaseNames are the measurements, in the order they run.
+var phaseNames = []string{"idle", "bulk", "latency", "rate", "swap"}
+
 // Ports of the backend inside its container.
 const (
 	portSource = 9001
@@ -26,6 +29,7 @@ const (
 // it measured.
 type bench struct {
 	p   params
+	o   options
 	run string // random id in every name this run gives
 
 	tmp     string
@@ -49,7 +53,7 @@ func randomID() string {
 
 // main is the whole run, in order: raise the fd limit, build, start the
 // container and the proxies, measure, print.
-func (b *bench) main(ctx context.Context, profile bool) error {
+func (b *bench) main(ctx context.Context) error {
 	b.res = newResults()
 	b.label = "docker-proxy-bench=" + b.run
 	b.tag = "docker-proxy-bench-" + b.run + ":latest"
@@ -67,9 +71,12 @@ func (b *bench) main(ctx context.Context, profile bool) error {
 	if err != nil {
 		return err
 	}
-	proxyBin := filepath.Join(tmp, "docker-proxy")
-	if err := goBuild(ctx, root, ".", proxyBin); err != nil {
-		return err
+	proxyBin := b.o.proxyBin
+	if proxyBin == "" {
+		proxyBin = filepath.Join(tmp, "docker-proxy")
+		if err := goBuild(ctx, root, ".", proxyBin); err != nil {
+			return err
+		}
 	}
 	ctxDir := filepath.Join(tmp, "image")
 	if err := goBuild(ctx, root, "./bench/backend", filepath.Join(ctxDir, "backend")); err != nil {
@@ -96,11 +103,18 @@ func (b *bench) main(ctx context.Context, profile bool) error {
 	b.targets = append(b.targets, direct)
 
 	step("start docker-proxy, HAProxy (plain and splice) and the bare Go proxy")
-	dp, err := b.startDockerProxy(ctx, proxyBin)
+	dp, err := b.startDockerProxy(ctx, tDP, proxyBin, b.o.proxyEnv)
 	if err != nil {
 		return err
 	}
 	b.targets = append(b.targets, dp)
+	if b.o.altBin != "" {
+		alt, err := b.startDockerProxy(ctx, tAlt, b.o.altBin, b.o.altEnv)
+		if err != nil {
+			return err
+		}
+		b.targets = append(b.targets, alt)
+	}
 	if haproxyOK {
 		for _, splice := range []bool{false, true} {
 			t, err := b.startHAProxy(ctx, splice)
@@ -117,27 +131,34 @@ func (b *bench) main(ctx context.Context, profile bool) error {
 	}
 	b.targets = append(b.targets, bare)
 
-	if profile {
+	if b.o.profile {
 		b.profile(ctx, dp)
 		return ctx.Err()
+	}
+
+	if deadline, ok := ctx.Deadline(); ok {
+		b.p = b.p.fit(len(b.targets), b.o.phases, time.Until(deadline)-cleanupReserve)
 	}
 
 	// Idle memory first: it is the figure most disturbed by what came
 	// before (sockets in TIME_WAIT, grown heaps).
 	phases := []struct {
-		name string
-		run  func(context.Context) error
+		key, name string
+		run       func(context.Context) error
 	}{
-		{"idle connections: memory and descriptors", b.measureIdle},
-		{"bulk throughput and CPU per GB", b.measureBulk},
-		{"request/response latency", b.measureLatency},
-		{"connection rate and CPU per 1,000 connections", b.measureRate},
-		{"swap latency over deploys (docker-proxy)", b.measureSwaps},
+		{"idle", "idle connections: memory and descriptors", b.measureIdle},
+		{"bulk", "bulk throughput and CPU per GB", b.measureBulk},
+		{"latency", "request/response latency", b.measureLatency},
+		{"rate", "connection rate and CPU per 1,000 connections", b.measureRate},
+		{"swap", "swap latency over deploys (docker-proxy)", b.measureSwaps},
 	}
 	var failed error
 	for _, ph := range phases {
 		if ctx.Err() != nil {
 			break
+		}
+		if !b.o.phases[ph.key] {
+			continue
 		}
 		step("%s", ph.name)
 		t0 := time.Now()

@@ -10,6 +10,12 @@
 //	go run ./bench -quick   # shorter measurements, under a minute
 //	go run ./bench -profile # no table: strace -c and perf of docker-proxy under load
 //
+// For comparing a change before committing it: -proxy_bin runs a docker-proxy
+// built elsewhere, -proxy_env sets its environment (GOMAXPROCS=1, GODEBUG=...),
+// -alt_bin and -alt_env add a second docker-proxy as one more column of the
+// same run (on a shared machine, runs minutes apart do not compare), and
+// -phases runs only some measurements.
+//
 // It ends by itself (a whole-run deadline) and removes everything it made
 // on every exit path: containers, image, subprocesses, temp dir.
 package main
@@ -21,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -58,30 +65,60 @@ var (
 
 func main() {
 	quick := flag.Bool("quick", false, "shorter measurements (under a minute)")
-	profile := flag.Bool("profile", false, "instead of the table: strace -c and perf (where they work) of docker-proxy under load")
+	var o options
+	flag.BoolVar(&o.profile, "profile", false, "instead of the table: strace -c and perf (where they work) of docker-proxy under load")
+	flag.StringVar(&o.proxyBin, "proxy_bin", "", "measure this docker-proxy binary instead of building the checkout")
+	env := flag.String("proxy_env", "", "comma-separated `KEY=VALUE`s added to docker-proxy's environment")
+	flag.StringVar(&o.altBin, "alt_bin", "", "also measure this docker-proxy binary, as the column dp-alt")
+	altEnv := flag.String("alt_env", "", "comma-separated `KEY=VALUE`s added to dp-alt's environment (with -alt_bin)")
+	phases := flag.String("phases", strings.Join(phaseNames, ","), "the measurements to run, comma-separated")
 	bare := flag.String("bare", "", "internal: run the bare Go proxy for LISTEN=TARGET,... and nothing else")
 	flag.Parse()
 	if *bare != "" {
 		runBare(*bare)
 		return
 	}
+	if *env != "" {
+		o.proxyEnv = strings.Split(*env, ",")
+	}
+	if *altEnv != "" {
+		o.altEnv = strings.Split(*altEnv, ",")
+	}
+	o.phases = map[string]bool{}
+	for ph := range strings.SplitSeq(*phases, ",") {
+		if !slices.Contains(phaseNames, ph) {
+			fmt.Fprintf(os.Stderr, "bench: unknown phase %q in -phases: want some of %s\n", ph, strings.Join(phaseNames, ","))
+			os.Exit(2)
+		}
+		o.phases[ph] = true
+	}
 	p := fullParams
 	if *quick {
 		p = quickParams
 	}
-	os.Exit(benchMain(p, *profile))
+	os.Exit(benchMain(p, o))
+}
+
+// options are the flags that change what runs, not how long.
+type options struct {
+	profile  bool
+	proxyBin string
+	proxyEnv []string
+	altBin   string
+	altEnv   []string
+	phases   map[string]bool
 }
 
 // benchMain runs the benchmark and cleans up whatever happens, including
 // a panic or a signal.
-func benchMain(p params, profile bool) (code int) {
+func benchMain(p params, o options) (code int) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.budget)
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	b := &bench{p: p, run: randomID()}
+	b := &bench{p: p, o: o, run: randomID()}
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintln(os.Stderr, "bench: panic:", r)
@@ -90,7 +127,7 @@ func benchMain(p params, profile bool) (code int) {
 		b.cleanup()
 		fmt.Printf("run took %.1fs (cleanup included)\n", time.Since(start).Seconds())
 	}()
-	err := b.main(ctx, profile)
+	err := b.main(ctx)
 	switch {
 	case err == nil:
 		return 0

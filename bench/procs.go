@@ -17,6 +17,7 @@ import (
 // proxy outlives the run even on a crash; cleanup stops them in order.
 type proc struct {
 	name string
+	env  []string
 	bin  string
 	args []string
 	cmd  *exec.Cmd
@@ -27,18 +28,24 @@ type proc struct {
 // start runs bin with args as a named subprocess, its output going to
 // a file in the temp dir. Children inherit the raised fd limit.
 func (b *bench) start(name, bin string, args ...string) (*proc, error) {
+	return b.startEnv(name, nil, bin, args...)
+}
+
+// startEnv is start with env added to the environment.
+func (b *bench) startEnv(name string, env []string, bin string, args ...string) (*proc, error) {
 	out, err := os.CreateTemp(b.tmp, name+"-*.log")
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		_ = out.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, bin: bin, args: args, cmd: cmd, out: out, done: make(chan struct{})}
+	p := &proc{name: name, env: env, bin: bin, args: args, cmd: cmd, out: out, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	b.mu.Lock()
 	b.procs = append(b.procs, p)
@@ -56,7 +63,7 @@ func (b *bench) restart(ctx context.Context, t *target) error {
 	b.mu.Lock()
 	b.procs = slices.DeleteFunc(b.procs, func(p *proc) bool { return p == old })
 	b.mu.Unlock()
-	p, err := b.start(old.name, old.bin, old.args...)
+	p, err := b.startEnv(old.name, old.env, old.bin, old.args...)
 	if err != nil {
 		return err
 	}

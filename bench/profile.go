@@ -11,42 +11,71 @@ import (
 	"time"
 )
 
-// profile shows where docker-proxy spends its time, in a run of its own
+// profile shows where the proxies spend their time, in a run of its own
 // (tracing distorts what it watches, so it never runs with the table):
-// strace -c over a bulk transfer (to confirm splice moves the bytes) and
-// over a connection-rate run, and perf over a connection-rate run when
-// perf works here.
+// strace -c of docker-proxy over a bulk transfer, to confirm that splice
+// moves the bytes; then, for every proxy, strace -c over a connection-rate
+// run (system calls per connection) and perf over another (kernel against
+// user time, and docker-proxy's hottest symbols), where perf works.
 func (b *bench) profile(ctx context.Context, dp *target) {
 	fmt.Println()
-	step("profile docker-proxy (pid %d)", dp.pid())
-	if _, err := exec.LookPath("strace"); err != nil {
-		fmt.Println("   strace is not installed (apt-get install -y strace): no syscall profile")
+	_, errStrace := exec.LookPath("strace")
+	_, errPerf := exec.LookPath("perf")
+	if errStrace != nil {
+		fmt.Println("   strace is not installed (apt-get install -y strace): no system call counts")
 	} else {
+		step("strace -f -c docker-proxy (pid %d): 1 stream up 1.5s, then down 1.5s", dp.pid())
 		out := traced(ctx, []string{"strace", "-f", "-c", "-p", fmt.Sprint(dp.pid())}, func() {
 			_, _ = runBulk(ctx, dp.sink, 1, true, 0, 1500*time.Millisecond, 0)
 			_, _ = runBulk(ctx, dp.source, 1, false, 0, 1500*time.Millisecond, 0)
 		})
-		fmt.Printf("-- strace -f -c, 1 stream up 1.5s then down 1.5s:\n%s\n", top(from(out, "% time"), 20))
-		out = traced(ctx, []string{"strace", "-f", "-c", "-p", fmt.Sprint(dp.pid())}, func() {
-			_, _ = runRate(ctx, dp.echo, 2*time.Second, 0)
-		})
-		fmt.Printf("-- strace -f -c, connection rate for 2s:\n%s\n", top(from(out, "% time"), 20))
+		fmt.Println(top(from(out, "% time"), 16))
 	}
-	if _, err := exec.LookPath("perf"); err != nil {
-		fmt.Println("   perf is not installed: no CPU profile")
-		return
+	for _, t := range b.targets {
+		if t.proc == nil || ctx.Err() != nil {
+			continue
+		}
+		if errStrace == nil {
+			step("strace -f -c %s (pid %d): connection rate for 2s", t.name, t.pid())
+			var r rateResult
+			out := traced(ctx, []string{"strace", "-f", "-c", "-p", fmt.Sprint(t.pid())}, func() {
+				r, _ = runRate(ctx, t.echo, 2*time.Second, 0)
+			})
+			out = from(out, "% time")
+			fmt.Println(top(out, 12))
+			if calls := totalCalls(out); r.ok > 0 && calls > 0 {
+				fmt.Printf("   %d connections in the window: about %.0f system calls per connection\n", r.ok, float64(calls)/float64(r.ok))
+			}
+		}
+		if errPerf == nil {
+			b.perf(ctx, t)
+		}
 	}
-	data := filepath.Join(b.tmp, "perf.data")
-	out := traced(ctx, []string{"perf", "record", "-F", "999", "-g", "-o", data, "-p", fmt.Sprint(dp.pid())}, func() {
-		_, _ = runRate(ctx, dp.echo, 3*time.Second, 0)
+}
+
+// perf samples t during a connection-rate run and prints kernel against
+// user time, and for docker-proxy the hottest symbols.
+func (b *bench) perf(ctx context.Context, t *target) {
+	step("perf record %s (pid %d): connection rate for 3s", t.name, t.pid())
+	data := filepath.Join(b.tmp, "perf-"+t.name+".data")
+	out := traced(ctx, []string{"perf", "record", "-F", "999", "-g", "-o", data, "-p", fmt.Sprint(t.pid())}, func() {
+		_, _ = runRate(ctx, t.echo, 3*time.Second, 0)
 	})
-	rep, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
-		"--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.7").CombinedOutput()
+	dso, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
+		"--sort", "dso", "-g", "none").CombinedOutput()
 	if err != nil {
 		fmt.Printf("   perf did not work here: %v\n%s\n", err, top(out, 5))
 		return
 	}
-	fmt.Printf("-- perf report, connection rate for 3s (symbols over 0.7%%):\n%s\n", top(string(rep), 45))
+	fmt.Println(top(string(dso), 6))
+	if t.name != tDP {
+		return
+	}
+	sym, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
+		"--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.7").CombinedOutput()
+	if err == nil {
+		fmt.Println(top(string(sym), 30))
+	}
 }
 
 // traced runs load while the tracer watches, then stops the tracer with
@@ -73,10 +102,23 @@ func traced(ctx context.Context, argv []string, load func()) string {
 	return buf.String()
 }
 
+// totalCalls is the calls column of strace -c's total line.
+func totalCalls(out string) int {
+	for line := range strings.SplitSeq(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[len(f)-1] == "total" {
+			var n int
+			fmt.Sscan(f[3], &n)
+			return n
+		}
+	}
+	return 0
+}
+
+// top is the first n lines of s that say something.
 func top(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	var keep []string
-	for _, l := range lines {
+	for l := range strings.SplitSeq(strings.TrimRight(s, "\n"), "\n") {
 		if strings.TrimSpace(l) != "" && !strings.HasPrefix(l, "#") || strings.HasPrefix(l, "# Samples") {
 			keep = append(keep, l)
 		}

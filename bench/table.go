@@ -40,10 +40,10 @@ var rows = []row{
 	{"idle-cap", "idle connections the proxy holds under the fd limit", 0, "median"},
 	{"swap-ms", "swap latency p50: ready to first new connection (ms)", 1, "p50"},
 	{"swap-ms", "swap latency max (ms)", 1, "max"},
-	{"swap-poll-ms", "  of which ready to first 200 poll, p50 / max (ms)", 1, "p50"},
-	{"swap-poll-ms", "", 1, "max"},
-	{"swap-route-ms", "  of which first 200 to first new connection, p50 / max (ms)", 1, "p50"},
-	{"swap-route-ms", "", 1, "max"},
+	{"swap-poll-ms", "  of which ready to first 200 poll, p50 (ms)", 1, "p50"},
+	{"swap-poll-ms", "  of which ready to first 200 poll, max (ms)", 1, "max"},
+	{"swap-route-ms", "  of which first 200 to first new connection, p50 (ms)", 1, "p50"},
+	{"swap-route-ms", "  of which first 200 to first new connection, max (ms)", 1, "max"},
 	{"swap-failed", "deploys without a measurement", 0, "sum"},
 	{"swap-probe-errors", "failed probe connections during deploys", 0, "sum"},
 }
@@ -84,6 +84,12 @@ func (b *bench) printTable(out io.Writer) {
 	fmt.Fprintf(out, "machine: %d cores (nproc), kernel %s, %s, %s, docker %s\n",
 		runtime.NumCPU(), strings.TrimSpace(string(host)), runtime.Version(), haproxyVersion(), dockerVersion())
 	fmt.Fprintf(out, "command: %s\n", command())
+	if b.o.proxyBin != "" || len(b.o.proxyEnv) > 0 {
+		fmt.Fprintf(out, "docker-proxy: %s %s\n", b.o.proxyBin, strings.Join(b.o.proxyEnv, " "))
+	}
+	if b.o.altBin != "" {
+		fmt.Fprintf(out, "dp-alt: %s %s\n", b.o.altBin, strings.Join(b.o.altEnv, " "))
+	}
 	fmt.Fprintf(out, "medians of %d repetitions, targets alternating; bulk %v per window, connection rate and latency %v each, %d idle connections (fewer where the fds would not fit under the limit of %d), %d deploys\n\n",
 		b.p.reps, b.p.bulkDur, b.p.rateDur, b.p.idleConns, b.fdLimit, b.p.swaps)
 
@@ -95,7 +101,7 @@ func (b *bench) printTable(out io.Writer) {
 	}
 	ratios := []string{}
 	for _, n := range names {
-		if n != tDP {
+		if n != tDP && n != tAlt {
 			ratios = append(ratios, n)
 		}
 	}
@@ -108,17 +114,11 @@ func (b *bench) printTable(out io.Writer) {
 		fmt.Fprintf(tw, "dp/%s\t", n)
 	}
 	fmt.Fprintln(tw)
-	for i, r := range rows {
+	for _, r := range rows {
 		if b.res.samples[r.key] == nil {
 			continue
 		}
-		label := r.label
-		if label == "" && i > 0 {
-			label = rows[i-1].label
-			label = strings.Replace(label, "p50 / max", "max", 1)
-		}
-		label = strings.Replace(label, "p50 / max", "p50", 1)
-		fmt.Fprintf(tw, "%s\t", label)
+		fmt.Fprintf(tw, "%s\t", r.label)
 		dp := b.value(r, tDP)
 		for _, n := range names {
 			fmt.Fprintf(tw, "%s\t", format(b.value(r, n), r.prec))

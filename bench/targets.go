@@ -14,12 +14,13 @@ import (
 const (
 	tDirect  = "direct"
 	tDP      = "docker-proxy"
+	tAlt     = "dp-alt" // -alt_bin, for comparing a change in the same run
 	tHA      = "haproxy"
 	tHASplic = "haproxy+splice"
 	tBare    = "bare-go"
 )
 
-var targetOrder = []string{tDirect, tDP, tHA, tHASplic, tBare}
+var targetOrder = []string{tDirect, tDP, tAlt, tHA, tHASplic, tBare}
 
 // target is one way to reach the backend: its addresses for each backend
 // port, and the proxy process in between (nil for direct).
@@ -70,20 +71,25 @@ func loopbackTarget(name string, p *proc, ports []int) *target {
 
 // startDockerProxy runs the docker-proxy under test for the run's tag on
 // loopback, with a short grace period so that old containers go away
-// during the swap measurement.
-func (b *bench) startDockerProxy(ctx context.Context, bin string) (*target, error) {
+// during the swap measurement. The alternative build (-alt_bin) runs
+// beside it with -retire none, so that it never removes a container.
+func (b *bench) startDockerProxy(ctx context.Context, name, bin string, env []string) (*target, error) {
 	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
 	}
 	spec := fmt.Sprintf("%d=%d,%d=%d,%d=%d,%d=%d",
 		ports[0], portSource, ports[1], portSink, ports[2], portEcho, ports[3], portHTTP)
-	p, err := b.start("docker-proxy", bin, "-address", "127.0.0.1", "-ports", spec, "-tag", b.tag,
-		"-status_url", fmt.Sprintf(":%d/status", portHTTP), "-grace_period", "1s", "-shutdown_timeout", "1s")
+	args := []string{"-address", "127.0.0.1", "-ports", spec, "-tag", b.tag,
+		"-status_url", fmt.Sprintf(":%d/status", portHTTP), "-grace_period", "1s", "-shutdown_timeout", "1s"}
+	if name == tAlt {
+		args = append(args, "-retire", "none")
+	}
+	p, err := b.startEnv(name, env, bin, args...)
 	if err != nil {
 		return nil, err
 	}
-	t := loopbackTarget(tDP, p, ports)
+	t := loopbackTarget(name, p, ports)
 	return t, waitTarget(ctx, t)
 }
 

@@ -127,7 +127,7 @@ func buildImage(ctx context.Context, serverBin, version string) error {
 	if err := os.WriteFile(filepath.Join(dir, "server"), data, 0o755); err != nil {
 		return err
 	}
-	df := fmt.Sprintf("FROM scratch\nCOPY server /server\nENV VERSION=%s\nENTRYPOINT [\"/server\"]\n", version)
+	df := fmt.Sprintf("FROM scratch\nCOPY server /server\nENV VERSION=%s\nLABEL %s=1\nENTRYPOINT [\"/server\"]\n", version, label)
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df), 0o644); err != nil {
 		return err
 	}
@@ -162,7 +162,8 @@ func cleanup() {
 	if ids != "" {
 		_, _ = docker(ctx, append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 	}
-	imgs, _ := docker(ctx, "images", "-q", "docker-proxy-demo")
+	// By label: version 1 loses its tag to version 2 but is still ours.
+	imgs, _ := docker(ctx, "images", "-q", "--filter", "label="+label)
 	if imgs != "" {
 		_, _ = docker(ctx, append([]string{"rmi", "-f"}, strings.Fields(imgs)...)...)
 	}
