@@ -5,11 +5,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +33,7 @@ type apiProxy struct {
 	mu      sync.Mutex
 	srv     *http.Server
 	refused []string // method and path of every refused call
+	events  []string // the query of every GET /events
 }
 
 func startAPIProxy(t testing.TB, allow func(method, path string) bool) *apiProxy {
@@ -60,6 +63,11 @@ var apiVersion = regexp.MustCompile(`^/v[0-9.]+`)
 
 func (a *apiProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := apiVersion.ReplaceAllString(r.URL.Path, "")
+	if path == "/events" {
+		a.mu.Lock()
+		a.events = append(a.events, r.URL.RawQuery)
+		a.mu.Unlock()
+	}
 	if a.allow != nil && !a.allow(r.Method, path) {
 		a.mu.Lock()
 		a.refused = append(a.refused, r.Method+" "+path)
@@ -144,8 +152,18 @@ func TestDockerAPIOutage(t *testing.T) {
 		}
 	}
 
+	api.mu.Lock()
+	subscribed := len(api.events)
+	api.mu.Unlock()
 	api.restore()
 	waitServed(t, p.addrs[0], nu, 15*time.Second)
+	// The new subscription asked for the events it missed.
+	api.mu.Lock()
+	resumed := append([]string(nil), api.events[subscribed:]...)
+	api.mu.Unlock()
+	if len(resumed) == 0 || !strings.Contains(resumed[0], "since=") {
+		t.Errorf("event subscriptions after the outage: %q; want one with since=", resumed)
+	}
 	p.logs.waitLog(t, time.Second, "event stream restored")
 	eventually(t, 10*time.Second, "old container removed", func() bool { return !ctrExists(t, old.id) })
 	l.expectNoFailure(t)
@@ -189,20 +207,24 @@ func allowOnly(extra ...*regexp.Regexp) func(method, path string) bool {
 // and refuses everything else with 403.
 func TestDockerLeastPrivilege(t *testing.T) {
 	for _, tc := range []struct {
-		mode  retireMode
-		allow []*regexp.Regexp
-		check func(t *testing.T, old testCtr)
+		mode        retireMode
+		stopTimeout time.Duration
+		allow       []*regexp.Regexp
+		check       func(t *testing.T, old testCtr)
 	}{
-		{retireRemove, []*regexp.Regexp{removeAPI}, func(t *testing.T, old testCtr) {
+		{retireRemove, 0, []*regexp.Regexp{removeAPI}, func(t *testing.T, old testCtr) {
 			eventually(t, 10*time.Second, "old container removed", func() bool { return !ctrExists(t, old.id) })
 		}},
-		{retireStop, []*regexp.Regexp{stopAPI}, func(t *testing.T, old testCtr) {
+		{retireRemove, 5 * time.Second, []*regexp.Regexp{removeAPI, stopAPI}, func(t *testing.T, old testCtr) {
+			eventually(t, 15*time.Second, "old container removed", func() bool { return !ctrExists(t, old.id) })
+		}},
+		{retireStop, 0, []*regexp.Regexp{stopAPI}, func(t *testing.T, old testCtr) {
 			eventually(t, 15*time.Second, "old container stopped", func() bool { return !ctrRunning(t, old.id) })
 			if !ctrExists(t, old.id) {
 				t.Error("-retire stop removed the old container")
 			}
 		}},
-		{retireNone, nil, func(t *testing.T, old testCtr) {
+		{retireNone, 0, nil, func(t *testing.T, old testCtr) {
 			eventually(t, 10*time.Second, "old container retired", func() bool {
 				return len(lastLogs.lines("left running", "container", old.short())) > 0
 			})
@@ -211,12 +233,12 @@ func TestDockerLeastPrivilege(t *testing.T) {
 			}
 		}},
 	} {
-		t.Run(string(tc.mode), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s,stop_timeout=%v", tc.mode, tc.stopTimeout), func(t *testing.T) {
 			tag := newTag(t, "v1")
 			old := startCtr(t, tag)
 			api := startAPIProxy(t, allowOnly(tc.allow...))
 			cfg := zeroDowntimeConfig(tag)
-			cfg.retire = tc.mode
+			cfg.retire, cfg.stopTimeout = tc.mode, tc.stopTimeout
 			p := startProxyWith(t, cfg, api.client())
 			lastLogs = p.logs
 			waitServed(t, p.addrs[0], old, 10*time.Second)

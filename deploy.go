@@ -95,8 +95,8 @@ func (d *deployer) run(ctx context.Context, changes <-chan change) {
 		case ch := <-changes:
 			d.apply(ctx, ch)
 		case r := <-d.results:
-			if r.gen != r.c.gen {
-				continue // superseded by a later check or a rollback
+			if r.gen != r.c.gen || d.ctrs[r.c.id] != r.c {
+				continue // superseded by a later check, a rollback or a stop
 			}
 			switch r.c.state {
 			case checking:
@@ -327,6 +327,9 @@ func (d *deployer) promote(ctx context.Context, c *ctr) {
 	d.route.store(c.backend)
 	d.m.setServing(c)
 	if old != nil {
+		// No new connection joins the old container from here on: one
+		// that loaded it just before the swap dials the new one instead.
+		old.backend.seal()
 		d.m.swaps.Inc()
 		d.log.Info("swap", "container", c.short(), "addr", c.ip, "previous", old.short())
 		d.startRetiring(ctx, old)
@@ -374,14 +377,21 @@ func (d *deployer) stopped(id string) {
 	if !ok {
 		return
 	}
-	switch c.state {
-	case retiring:
+	if c.state == retiring {
 		c.stopped = true // removed when its grace period ends, as planned
 		return
-	case checking:
+	}
+	if c.cancel != nil {
 		c.cancel()
-	case serving:
-		n := c.backend.closeAll()
+	}
+	c.gen++ // a check result on its way is stale now
+	n := 0
+	if c.backend != nil && c.state != removed {
+		// A stopped container carries nothing any more; what it did
+		// carry would hang once its network is gone.
+		n = c.backend.closeAll()
+	}
+	if c.state == serving {
 		d.current = nil
 		d.log.Warn("serving container stopped", "container", c.short(), "addr", c.ip, "closed", n)
 		d.rollback()
@@ -413,6 +423,7 @@ func (d *deployer) rollback() {
 	best.cancel()
 	best.state = serving
 	best.gen++
+	best.backend.unseal()
 	d.current = best
 	d.route.store(best.backend)
 	d.m.rollbacks.Inc()
@@ -493,6 +504,7 @@ func (d *deployer) failing(c *ctr, err error) {
 	}
 	c.state = ignored
 	c.gen++
+	c.backend.seal()
 	d.current = nil
 	d.rollback()
 }

@@ -356,8 +356,14 @@ func TestDeploySwap(t *testing.T) {
 
 		h.sleepUntil(time.Second + grace - 1)
 		h.wantRetired()
-		if !old.track(deployTestPair()) {
-			t.Error("the old backend refused a connection within its grace period")
+		// Within its grace period the old backend keeps what it carries,
+		// and takes nothing new: a connection that loaded it just before
+		// the swap dials the new one.
+		if n := old.count(); n != 1 {
+			t.Errorf("the old backend carries %d connections within its grace period; want 1", n)
+		}
+		if old.track(deployTestPair()) {
+			t.Error("the old backend took a new connection after the swap; want it sealed")
 		}
 		h.sleepUntil(time.Second + grace)
 		h.wantRetired(retirement{"ctr1", time.Second + grace})

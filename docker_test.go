@@ -42,10 +42,13 @@ import (
 // what a run killed before its clean-up (a panic, a timeout) left behind.
 const (
 	testLabel = "docker-proxy-test"
-	pidLabel  = "docker-proxy-test.pid"
+	pidLabel  = "docker-proxy-test.pid" // "HOSTNAME/PID" of the test process
 )
 
-var ownPID = strconv.Itoa(os.Getpid())
+var ownPID = func() string {
+	host, _ := os.Hostname()
+	return host + "/" + strconv.Itoa(os.Getpid())
+}()
 
 var (
 	runID = func() string {
@@ -117,12 +120,18 @@ func setupDocker() error {
 // reapStale removes the containers and images of earlier test runs whose
 // process is gone: they were killed before their clean-up ran.
 func reapStale(ctx context.Context) {
+	// Only this host's (this PID namespace's) runs: a process of another
+	// one is not in our /proc, and may well be alive.
+	host, _ := os.Hostname()
 	gone := func(labels map[string]string) bool {
-		pid, err := strconv.Atoi(labels[pidLabel])
-		if err != nil || pid == os.Getpid() {
+		h, pid, ok := strings.Cut(labels[pidLabel], "/")
+		if !ok || h != host || labels[pidLabel] == ownPID {
 			return false
 		}
-		_, err = os.Stat("/proc/" + strconv.Itoa(pid))
+		if _, err := strconv.Atoi(pid); err != nil {
+			return false
+		}
+		_, err := os.Stat("/proc/" + pid)
 		return os.IsNotExist(err)
 	}
 	f := filters.NewArgs(filters.Arg("label", pidLabel))

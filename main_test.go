@@ -281,3 +281,43 @@ func startBinary(t testing.TB, shell string, args ...string) *procProxy {
 	})
 	return pp
 }
+
+// TestDockerBinarySIGTERMClosesTheRest: a request still in flight when
+// -shutdown_timeout runs out is closed, and the proxy exits 0.
+func TestDockerBinarySIGTERMClosesTheRest(t *testing.T) {
+	tag := newTag(t, "v1")
+	svc := startCtr(t, tag)
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	pp := startBinary(t, "", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
+		"-tag", tag, "-shutdown_timeout", "1s")
+	waitServed(t, addr, svc, 10*time.Second)
+	slow := make(chan error, 1)
+	go func() {
+		_, err := httpGet(addr, "/slow?ms=20000")
+		slow <- err
+	}()
+	eventually(t, 5*time.Second, "request in flight", func() bool {
+		return strings.Contains(connectionsTo(t, svc), "ESTAB")
+	})
+	if err := pp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-slow:
+		if err == nil {
+			t.Fatal("the 20s request finished; want it cut after the 1s shutdown timeout")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request was not closed 10s after SIGTERM with -shutdown_timeout 1s")
+	}
+	select {
+	case <-pp.exited:
+		if pp.err != nil {
+			t.Fatalf("exit: %v; want status 0", pp.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy did not exit")
+	}
+	pp.logs.waitLog(t, time.Second, "shutdown: closed open connections", "closed", "1")
+}

@@ -42,7 +42,7 @@ func newMetrics(ports []portMap) *metrics {
 		return v
 	}
 	accepted := portVec("connections_accepted_total", "Connections accepted, by host port.")
-	failed := portVec("connections_failed_total", "Connections closed unforwarded: no ready container within the hold timeout.")
+	failed := portVec("connections_failed_total", "Connections closed unforwarded: no container ready and reachable within the hold timeout.")
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "docker_proxy_bytes_total", Help: "Bytes forwarded, by host port and direction (up: client to container).",
 	}, []string{"port", "direction"})

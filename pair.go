@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/pires/go-proxyproto"
 )
@@ -21,9 +20,9 @@ import (
 // dial can serve those bytes. So until the server sends its first byte the
 // proxy keeps what the client sent, up to -replay_bytes, and when the
 // server closes or resets the connection unanswered it resends them to the
-// current backend, at most maxReplays times, retryDial apart while the
-// backend stays the same. Once the server answers, or the client has sent
-// more, the pair is committed: its bytes are only spliced.
+// next container that serves, at most maxReplays times. Once the server
+// answers, or the client has sent more, the pair is committed: its bytes
+// are only spliced.
 const (
 	maxReplays         = 5
 	defaultReplayBytes = 16 << 10
@@ -154,12 +153,23 @@ func (p *pair) replace() bool {
 	from := p.backend
 	from.untrack(p)
 	_ = p.server.Close()
-	// Give a failing backend a moment to be replaced before trying it
-	// again (its container may be on its way out).
-	p.proxy.route.wait(p.ctx, from, time.After(retryDial))
+	// Never back to the container that closed it unanswered: a container
+	// that still takes connections meant it (or would act twice). Wait,
+	// up to -hold_timeout, for another one to serve: the deployer moves on
+	// when the one shutting down stops or fails its status check.
+	ctx, cancel := context.WithTimeout(p.ctx, p.proxy.hold)
+	defer cancel()
+	for p.proxy.route.load() == from {
+		if !p.proxy.route.wait(ctx, from, nil) {
+			return false
+		}
+	}
 	for range 3 {
 		b, server, err := p.proxy.connect(p.ctx, p.port)
-		if err != nil {
+		if err != nil || b == from {
+			if server != nil {
+				_ = server.Close()
+			}
 			break
 		}
 		if err := p.sendHeader(server); err != nil {

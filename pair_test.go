@@ -98,3 +98,21 @@ func (s *loopServer) waitAccepted(t testing.TB) {
 		return s.accepted > 0
 	})
 }
+
+// TestPairNoReplayToTheSameContainer: a container that still takes
+// connections and closed one unanswered meant it; the request is not sent
+// to it again, and the client sees the close once the hold runs out.
+func TestPairNoReplayToTheSameContainer(t *testing.T) {
+	bad := startLoopServer(t, readLineThenClose)
+	rig := startProxyRig(t, bad.backend("bad"), 300*time.Millisecond, 0)
+	c := dialTCP(t, rig.addr)
+	defer c.Close()
+	_, _ = io.WriteString(c, "hello\n")
+	expectClosed(t, c, 5*time.Second)
+	bad.mu.Lock()
+	n := bad.accepted
+	bad.mu.Unlock()
+	if n != 1 {
+		t.Errorf("the container got %d connections; want 1 (no replay to it)", n)
+	}
+}

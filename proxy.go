@@ -24,7 +24,7 @@ type backend struct {
 	mu     sync.Mutex
 	conns  *pair // open pairs, a doubly linked list through pair.prev/next
 	n      int   // len(conns)
-	closed bool  // no pair may join once the container is retired
+	closed bool  // sealed: no pair may join (superseded, or retired)
 	idle   chan struct{}
 }
 
@@ -97,6 +97,20 @@ func (b *backend) drained() <-chan struct{} {
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// seal lets no new connection join b: it is no longer the one to serve.
+func (b *backend) seal() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+}
+
+// unseal lets connections join b again (a rollback).
+func (b *backend) unseal() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = false
+}
 
 // closeAll closes every connection b carries and lets no new one join.
 // It returns how many it closed.
@@ -191,6 +205,9 @@ func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, 
 	if maxConns > 0 {
 		p.slots = make(chan struct{}, maxConns)
 	}
+	if hold > 0 && hold < p.dialer.Timeout {
+		p.dialer.Timeout = hold // one dial never outlasts the hold
+	}
 	return p
 }
 
@@ -255,6 +272,7 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 // handle forwards one client connection.
 func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 	pr := &pair{client: client, proxy: p, ctx: ctx, port: i}
+	pr.committed.Store(p.replayMax == 0) // nothing kept, nothing to resend
 	pr.up.sent, pr.down.sent = p.m.bytesUp[i], p.m.bytesDown[i]
 	for range 3 {
 		b, server, err := p.connect(ctx, i)
@@ -278,6 +296,7 @@ func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 		// b was retired between load and track: dial the new one.
 		_ = server.Close()
 	}
+	p.m.failed[i].Inc()
 	_ = client.Close()
 	p.done(i)
 }
@@ -285,7 +304,6 @@ func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
 // noBackend logs a connection that could not be forwarded, at most once a
 // second, so that a burst of clients cannot flood the log.
 func (p *proxy) noBackend(i int, err error) {
-	p.m.failed[i].Inc()
 	now := time.Now().Unix()
 	if last := p.lastDrop.Load(); last != now && p.lastDrop.CompareAndSwap(last, now) {
 		p.log.Warn("connection closed: no ready container", "port", p.ports[i].host, "err", err)
@@ -300,20 +318,21 @@ func (p *proxy) connect(ctx context.Context, i int) (*backend, *net.TCPConn, err
 		if p.hold <= 0 {
 			return nil, nil, errNoBackend
 		}
-		return p.connectHeld(ctx, i, nil)
+		return p.connectHeld(ctx, i, nil, p.hold)
 	}
+	start := time.Now()
 	server, err := p.dial(ctx, b, i)
 	if err != nil && p.hold > 0 {
-		return p.connectHeld(ctx, i, b)
+		return p.connectHeld(ctx, i, b, p.hold-time.Since(start))
 	}
 	return b, server, err
 }
 
-// connectHeld waits up to p.hold for a backend that can be dialed: it tries
-// again as soon as the backend changes, and every retryDial while the one
-// that failed is still current.
-func (p *proxy) connectHeld(ctx context.Context, i int, b *backend) (*backend, *net.TCPConn, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.hold)
+// connectHeld waits up to budget for a backend that can be dialed: it
+// tries again as soon as the backend changes, and every retryDial while
+// the one that failed is still current.
+func (p *proxy) connectHeld(ctx context.Context, i int, b *backend, budget time.Duration) (*backend, *net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	err := errNoBackend
 	for {

@@ -6,6 +6,7 @@ package main
 // limit does not apply to it).
 
 import (
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -28,27 +29,46 @@ func TestDockerAcceptSurvivesEMFILE(t *testing.T) {
 		"-hold_timeout", "60s")
 	pp.logs.waitLog(t, 10*time.Second, "serving")
 
-	// Each forwarded connection takes two descriptors: more than 48
-	// connections cannot all be carried.
-	var conns []*net.TCPConn
+	// Each forwarded connection takes two descriptors: fill the proxy with
+	// connections until one is no longer served.
+	var served []*net.TCPConn
 	defer func() {
-		for _, c := range conns {
+		for _, c := range served {
 			_ = c.Close()
 		}
 	}()
-	for range 40 {
-		conns = append(conns, dialTCP(t, addr))
+	var waiting []*net.TCPConn // accepted but not dialed, or in the backlog
+	for len(waiting) == 0 {
+		if len(served) > 48 {
+			t.Fatal("48 connections served under ulimit -n 48: the limit is not in force")
+		}
+		c := dialTCP(t, addr)
+		defer c.Close()
+		if echoesWithin(c, "probe\n", time.Second) {
+			served = append(served, c)
+		} else {
+			waiting = append(waiting, c)
+		}
+	}
+	for range 5 {
+		c := dialTCP(t, addr)
+		defer c.Close()
+		_, _ = io.WriteString(c, "probe\n")
+		waiting = append(waiting, c)
 	}
 	pp.logs.waitLog(t, 10*time.Second, "accept failed")
 	if line := pp.logs.lines("accept failed")[0]; !strings.Contains(line["err"].(string), "too many open files") {
 		t.Fatalf("accept failed with %v; want EMFILE", line["err"])
 	}
-	for _, c := range conns[:30] {
+	// Free descriptors: the waiting connections are served now, the bytes
+	// they sent first included, and so is a new one.
+	for _, c := range served {
 		_ = c.Close()
 	}
-	// The connections that waited in the kernel's backlog are served now,
-	// and so is a new one.
-	for _, c := range conns[30:] {
+	served = nil
+	for _, c := range waiting {
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		expectEcho(t, c, "probe\n")
 		echoRound(t, c, "after the shortage")
 	}
 	c := dialTCP(t, addr)
@@ -115,4 +135,26 @@ func raiseFDLimit(t testing.TB, n uint64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+}
+
+// echoesWithin writes msg and reports whether it came back within d.
+func echoesWithin(c *net.TCPConn, msg string, d time.Duration) bool {
+	_ = c.SetDeadline(time.Now().Add(d))
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
+	if _, err := io.WriteString(c, msg); err != nil {
+		return false
+	}
+	got := make([]byte, len(msg))
+	_, err := io.ReadFull(c, got)
+	return err == nil && string(got) == msg
+}
+
+// expectEcho reads msg, sent earlier, back from c.
+func expectEcho(t testing.TB, c *net.TCPConn, msg string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+		t.Fatalf("read %q, %v; want %q", got, err, msg)
+	}
 }

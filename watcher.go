@@ -99,15 +99,16 @@ const (
 // container started during the gap is not missed.
 func (w *watcher) run(ctx context.Context) error {
 	var (
-		since   string
+		since   int64 // unix ns: the last event seen, or the last subscription
 		backoff time.Duration
 		initial = true
 	)
 	for {
 		err := w.follow(ctx, since, initial, func(ev events.Message) {
-			since = eventTime(ev)
+			since = max(since, ev.TimeNano)
 			backoff = 0
-		}, func() {
+		}, func(subscribed int64) {
+			since = max(since, subscribed)
 			if !initial && backoff > 0 {
 				w.log.Info("event stream restored")
 			}
@@ -137,10 +138,15 @@ func (w *watcher) run(ctx context.Context) error {
 // follow makes one subscription: it subscribes, lists, then relays events
 // until the stream fails. seen is called for every event, listed once the
 // list has been sent.
-func (w *watcher) follow(ctx context.Context, since string, initial bool, seen func(events.Message), listed func()) error {
+func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen func(events.Message), listed func(subscribed int64)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	msgs, errs := w.docker.Events(ctx, events.ListOptions{Since: since, Filters: w.sel.eventFilter()})
+	opts := events.ListOptions{Filters: w.sel.eventFilter()}
+	if since > 0 {
+		opts.Since = fmt.Sprintf("%d.%09d", since/1e9, since%1e9)
+	}
+	listAt := time.Now().UnixNano()
+	msgs, errs := w.docker.Events(ctx, opts)
 	list, err := w.list(ctx)
 	if err != nil {
 		return err
@@ -148,12 +154,23 @@ func (w *watcher) follow(ctx context.Context, since string, initial bool, seen f
 	if !w.send(ctx, change{kind: synced, list: list, initial: initial}) {
 		return ctx.Err()
 	}
-	listed()
+	listed(listAt)
+	// Events replayed from Since can be older than the list: a stop that
+	// the list has already seen undone (the container runs again) is
+	// stale, and applying it would cut a container that serves.
+	running := make(map[string]bool, len(list))
+	for _, c := range list {
+		running[c.id] = true
+	}
 	for {
 		select {
 		case ev := <-msgs:
 			seen(ev)
-			if c, ok := w.translate(ctx, ev); ok && !w.send(ctx, c) {
+			c, ok := w.translate(ctx, ev)
+			if ok && c.kind == stopped && running[c.id] && ev.TimeNano < listAt {
+				continue
+			}
+			if ok && !w.send(ctx, c) {
 				return ctx.Err()
 			}
 		case err := <-errs:
@@ -171,11 +188,6 @@ func (w *watcher) send(ctx context.Context, c change) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// eventTime renders an event's time as the Since of a later subscription.
-func eventTime(ev events.Message) string {
-	return fmt.Sprintf("%d.%09d", ev.TimeNano/1e9, ev.TimeNano%1e9)
 }
 
 // translate turns a daemon event into a change, if it is one of ours.

@@ -258,3 +258,49 @@ func TestDockerFailback(t *testing.T) {
 		})
 	}
 }
+
+// TestDockerDrain: with -drain, the old container goes as soon as the last
+// connection it carries closes, long before its grace period ends; while
+// one is open, it stays.
+func TestDockerDrain(t *testing.T) {
+	tag := newTag(t, "v1")
+	old := startCtr(t, tag, "-echo", ":7")
+	cfg := zeroDowntimeConfig(tag)
+	cfg.ports = append(cfg.ports, portMap{7, 7})
+	cfg.drain, cfg.grace = true, time.Minute
+	p := startProxy(t, cfg)
+	waitServed(t, p.addrs[0], old, 10*time.Second)
+	conn := dialTCP(t, p.addrs[1])
+	echoOnce(t, conn, "to the old container")
+
+	nu := startCtr(t, tag, "-echo", ":7")
+	waitServed(t, p.addrs[0], nu, 10*time.Second)
+	echoOnce(t, conn, "still to the old container")
+	if !ctrRunning(t, old.id) {
+		t.Fatal("the old container went while it carried a connection")
+	}
+	_ = conn.Close()
+	eventually(t, 15*time.Second, "old container removed after its last connection closed",
+		func() bool { return !ctrExists(t, old.id) })
+}
+
+// TestDockerMaxConns: past -max_conns, new clients wait in the kernel's
+// backlog, and are served as soon as a connection closes.
+func TestDockerMaxConns(t *testing.T) {
+	tag := newTag(t, "v1")
+	startCtr(t, tag, "-http", "", "-echo", ":7")
+	cfg := zeroDowntimeConfig(tag)
+	cfg.ports, cfg.statusURL, cfg.maxConns = []portMap{{7, 7}}, statusURL{}, 2
+	p := startProxy(t, cfg)
+	p.logs.waitLog(t, 10*time.Second, "serving")
+	a, b := dialTCP(t, p.addrs[0]), dialTCP(t, p.addrs[0])
+	echoOnce(t, a, "one")
+	echoOnce(t, b, "two")
+	third := dialTCP(t, p.addrs[0]) // connected by the kernel, not accepted
+	if echoesWithin(third, "three\n", 500*time.Millisecond) {
+		t.Fatal("a third connection was served with -max_conns 2")
+	}
+	_ = a.Close()
+	expectEcho(t, third, "three\n")
+	echoOnce(t, b, "two, still")
+}

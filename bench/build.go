@@ -58,8 +58,9 @@ func ensureHAProxy(ctx context.Context) bool {
 	if _, err := exec.LookPath("haproxy"); err == nil {
 		return true
 	}
-	step("haproxy is not installed: apt-get install -y haproxy")
-	cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "haproxy")
+	step("haproxy is not installed: apt-get update && apt-get install -y haproxy")
+	// A fresh machine has no package lists yet: update first.
+	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && apt-get install -y -qq haproxy")
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	out, err := cmd.CombinedOutput()
 	if _, lerr := exec.LookPath("haproxy"); err != nil || lerr != nil {
