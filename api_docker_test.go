@@ -39,15 +39,7 @@ type apiProxy struct {
 func startAPIProxy(t testing.TB, allow func(method, path string) bool) *apiProxy {
 	t.Helper()
 	needDocker(t)
-	target, _ := url.Parse("http://docker")
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.FlushInterval = -1 // the event stream must flow at once
-	rp.Transport = &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", "/var/run/docker.sock")
-		},
-	}
+	rp := socketProxy()
 	a := &apiProxy{t: t, allow: allow, rp: rp}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -57,6 +49,20 @@ func startAPIProxy(t testing.TB, allow func(method, path string) bool) *apiProxy
 	a.serve(ln)
 	t.Cleanup(a.cut)
 	return a
+}
+
+// socketProxy is a reverse proxy to the local daemon's socket.
+func socketProxy() *httputil.ReverseProxy {
+	target, _ := url.Parse("http://docker")
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.FlushInterval = -1 // the event stream must flow at once
+	rp.Transport = &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", "/var/run/docker.sock")
+		},
+	}
+	return rp
 }
 
 var apiVersion = regexp.MustCompile(`^/v[0-9.]+`)

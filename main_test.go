@@ -266,6 +266,13 @@ func startBinary(t testing.TB, shell string, args ...string) *procProxy {
 	if shell != "" {
 		cmd = exec.Command("bash", append([]string{"-c", shell + ` exec "$0" "$@"`, proxyBinary(t)}, args...)...)
 	}
+	return runBinary(t, cmd)
+}
+
+// runBinary starts cmd, a docker-proxy process, collecting its log lines;
+// it is killed when the test ends.
+func runBinary(t testing.TB, cmd *exec.Cmd) *procProxy {
+	t.Helper()
 	pp := &procProxy{cmd: cmd, logs: &logBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = pp.logs
 	if err := cmd.Start(); err != nil {

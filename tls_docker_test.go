@@ -5,7 +5,6 @@ package main
 // bridge to docker.sock with certificates made in the test.
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,8 +17,6 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,15 +41,7 @@ type apiBridge struct {
 func startAPIBridge(t testing.TB, ln net.Listener) *apiBridge {
 	t.Helper()
 	needDocker(t)
-	target, _ := url.Parse("http://docker")
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.FlushInterval = -1 // the event stream must flow at once
-	rp.Transport = &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", "/var/run/docker.sock")
-		},
-	}
+	rp := socketProxy()
 	b := &apiBridge{addr: ln.Addr().String(), clients: map[string]bool{}}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -184,20 +173,7 @@ func startBinaryEnv(t testing.TB, env []string, args ...string) *procProxy {
 	args = append([]string{"-log_format", "json", "-log_level", "debug"}, args...)
 	cmd := exec.Command(proxyBinary(t), args...)
 	cmd.Env = append(cleanEnv(), env...)
-	pp := &procProxy{cmd: cmd, logs: &logBuffer{}, exited: make(chan struct{})}
-	cmd.Stderr = pp.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { pp.err = cmd.Wait(); close(pp.exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-pp.exited
-		if t.Failed() {
-			t.Logf("proxy log:\n%s", pp.logs.String())
-		}
-	})
-	return pp
+	return runBinary(t, cmd)
 }
 
 // servesThrough runs the binary with env and args against a new container
