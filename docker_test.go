@@ -9,6 +9,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -23,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -141,7 +143,9 @@ func reapStale(ctx context.Context) {
 			_ = dockerCli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
 		}
 	}
-	imgs, _ := dockerCli.ImageList(ctx, image.ListOptions{Filters: f})
+	// Intermediate images too, newest (the children) first.
+	imgs, _ := dockerCli.ImageList(ctx, image.ListOptions{All: true, Filters: f})
+	slices.SortFunc(imgs, func(a, b image.Summary) int { return cmp.Compare(b.Created, a.Created) })
 	for _, img := range imgs {
 		if gone(img.Labels) {
 			_, _ = dockerCli.ImageRemove(ctx, img.ID, image.RemoveOptions{Force: true, PruneChildren: true})
@@ -250,7 +254,7 @@ func newTag(t testing.TB, suffix string) string {
 		t.Fatalf("tag %s: %v", ref, err)
 	}
 	t.Cleanup(func() {
-		_, _ = cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
+		_, _ = cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true, PruneChildren: true})
 	})
 	return ref
 }

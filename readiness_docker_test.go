@@ -112,7 +112,7 @@ func healthImage(t testing.TB, startPeriod string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_, _ = cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
+		_, _ = cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true, PruneChildren: true})
 	})
 	return ref
 }
