@@ -29,9 +29,6 @@ const (
 	removed                  // removal sent
 )
 
-var stateNames = [...]string{"fresh", "checking", "serving", "retiring", "ignored", "removed"}
-
-func (s ctrState) String() string { return stateNames[s] }
 
 // ctr is the deployer's record of one container.
 type ctr struct {

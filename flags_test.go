@@ -315,18 +315,7 @@ func TestParseFlagsNewFlagErrors(t *testing.T) {
 		{append(base, "-log_level", "loud"), `"loud"`},
 		{[]string{"-ports", "80"}, "missing -tag"},
 	} {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			_, err := parseFlags(tt.args, io.Discard)
-			if err == nil {
-				t.Fatalf("no error; want one containing %s", tt.want)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("got %q; want it to contain %s", err, tt.want)
-			}
-			if strings.Contains(err.Error(), "\n") {
-				t.Errorf("got %q; want one line", err)
-			}
-		})
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) { wantFlagError(t, tt.args, tt.want) })
 	}
 }
 

@@ -90,18 +90,22 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-ports", "80", "-tag", "Not A Tag"}, `"Not A Tag"`},
 	}
 	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			_, err := parseFlags(tt.args, io.Discard)
-			if err == nil {
-				t.Fatalf("no error; want one containing %s", tt.want)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("got %q; want it to contain %s", err, tt.want)
-			}
-			if strings.Contains(err.Error(), "\n") {
-				t.Errorf("got %q; want one line", err)
-			}
-		})
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) { wantFlagError(t, tt.args, tt.want) })
+	}
+}
+
+// wantFlagError checks that args fail to parse with one line naming want.
+func wantFlagError(t *testing.T, args []string, want string) {
+	t.Helper()
+	_, err := parseFlags(args, io.Discard)
+	if err == nil {
+		t.Fatalf("no error; want one containing %s", want)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("got %q; want it to contain %s", err, want)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("got %q; want one line", err)
 	}
 }
 
@@ -195,45 +199,66 @@ func TestBinaryUnreachableDaemon(t *testing.T) {
 // TestDockerBinarySIGTERM: on SIGTERM the proxy stops accepting, lets an
 // in-flight request finish, exits 0 and removes no container.
 func TestDockerBinarySIGTERM(t *testing.T) {
-	tag := newTag(t, "v1")
-	svc := startCtr(t, tag)
-	port := freePort(t)
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	pp := startBinary(t, "", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
-		"-tag", tag, "-shutdown_timeout", "10s")
-	waitServed(t, addr, svc, 10*time.Second)
-
-	slow := make(chan error, 1)
-	go func() {
-		body, err := httpGet(addr, "/slow?ms=1500")
-		if err == nil && body != svc.host {
-			err = errors.New("answered by " + body)
-		}
-		slow <- err
-	}()
-	// Signal once the request is in flight: the proxy carries it.
-	eventually(t, 5*time.Second, "request in flight", func() bool {
-		return strings.Contains(connectionsTo(t, svc), "ESTAB")
-	})
-	if err := pp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-slow; err != nil {
+	r := sigtermWithRequest(t, "10s", 1500)
+	if err := <-r.slow; err != nil {
 		t.Fatalf("in-flight request across SIGTERM: %v", err)
 	}
-	select {
-	case <-pp.exited:
-		if pp.err != nil {
-			t.Fatalf("exit: %v; want status 0", pp.err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("the proxy did not exit after SIGTERM")
-	}
-	if _, err := httpGet(addr, "/"); err == nil {
+	r.wantExitZero(t, 15*time.Second)
+	if _, err := httpGet(r.addr, "/"); err == nil {
 		t.Error("the port still accepts after exit")
 	}
-	if !ctrRunning(t, svc.id) {
+	if !ctrRunning(t, r.svc.id) {
 		t.Error("the proxy removed its container on the way out")
+	}
+}
+
+// sigtermRun is the binary, serving a container, sent SIGTERM while it
+// carries a slow request.
+type sigtermRun struct {
+	pp   *procProxy
+	addr string
+	svc  testCtr
+	slow chan error // the slow request's outcome
+}
+
+// sigtermWithRequest starts the binary with -shutdown_timeout shutdown,
+// sends a request that takes ms milliseconds, and signals SIGTERM once the
+// proxy carries it.
+func sigtermWithRequest(t *testing.T, shutdown string, ms int) sigtermRun {
+	t.Helper()
+	tag := newTag(t, "v1")
+	r := sigtermRun{svc: startCtr(t, tag), slow: make(chan error, 1)}
+	port := freePort(t)
+	r.addr = "127.0.0.1:" + strconv.Itoa(port)
+	r.pp = startBinary(t, "", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
+		"-tag", tag, "-shutdown_timeout", shutdown)
+	waitServed(t, r.addr, r.svc, 10*time.Second)
+	go func() {
+		body, err := httpGet(r.addr, "/slow?ms="+strconv.Itoa(ms))
+		if err == nil && body != r.svc.host {
+			err = errors.New("answered by " + body)
+		}
+		r.slow <- err
+	}()
+	eventually(t, 5*time.Second, "request in flight", func() bool {
+		return strings.Contains(connectionsTo(t, r.svc), "ESTAB")
+	})
+	if err := r.pp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// wantExitZero waits for the proxy to exit with status 0.
+func (r sigtermRun) wantExitZero(t *testing.T, within time.Duration) {
+	t.Helper()
+	select {
+	case <-r.pp.exited:
+		if r.pp.err != nil {
+			t.Fatalf("exit: %v; want status 0", r.pp.err)
+		}
+	case <-time.After(within):
+		t.Fatal("the proxy did not exit after SIGTERM")
 	}
 }
 
@@ -292,39 +317,15 @@ func runBinary(t testing.TB, cmd *exec.Cmd) *procProxy {
 // TestDockerBinarySIGTERMClosesTheRest: a request still in flight when
 // -shutdown_timeout runs out is closed, and the proxy exits 0.
 func TestDockerBinarySIGTERMClosesTheRest(t *testing.T) {
-	tag := newTag(t, "v1")
-	svc := startCtr(t, tag)
-	port := freePort(t)
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	pp := startBinary(t, "", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
-		"-tag", tag, "-shutdown_timeout", "1s")
-	waitServed(t, addr, svc, 10*time.Second)
-	slow := make(chan error, 1)
-	go func() {
-		_, err := httpGet(addr, "/slow?ms=20000")
-		slow <- err
-	}()
-	eventually(t, 5*time.Second, "request in flight", func() bool {
-		return strings.Contains(connectionsTo(t, svc), "ESTAB")
-	})
-	if err := pp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	r := sigtermWithRequest(t, "1s", 20000)
 	select {
-	case err := <-slow:
+	case err := <-r.slow:
 		if err == nil {
 			t.Fatal("the 20s request finished; want it cut after the 1s shutdown timeout")
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the request was not closed 10s after SIGTERM with -shutdown_timeout 1s")
 	}
-	select {
-	case <-pp.exited:
-		if pp.err != nil {
-			t.Fatalf("exit: %v; want status 0", pp.err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the proxy did not exit")
-	}
-	pp.logs.waitLog(t, time.Second, "shutdown: closed open connections", "closed", "1")
+	r.wantExitZero(t, 10*time.Second)
+	r.pp.logs.waitLog(t, time.Second, "shutdown: closed open connections", "closed", "1")
 }
