@@ -29,7 +29,6 @@ const (
 	removed                  // removal sent
 )
 
-
 // ctr is the deployer's record of one container.
 type ctr struct {
 	ctrInfo
