@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -17,7 +18,13 @@ import (
 // So a copier waits for readability first, holding nothing, then splices
 // exactly the bytes the kernel has queued (io.Copy still splices for an
 // *io.LimitedReader around a *net.TCPConn), and the pipe goes back to the
-// pool at once. Linux only, like the Docker bridge it serves.
+// pool at once.
+//
+// After wait reports n bytes, the caller takes them with send (to another
+// connection) or read (into a buffer). Every loop over wait makes progress:
+// splice stops at a TCP urgent mark as if at the end of the stream, so when
+// it moves nothing, one plain read steps over the mark, which delivers the
+// bytes around the urgent byte as a read always does.
 type copier struct {
 	src   *net.TCPConn
 	raw   syscall.RawConn
@@ -26,7 +33,7 @@ type copier struct {
 	n     int   // bytes queued, set by queued
 	err   error // set by queued
 	peek  [1]byte
-	sent  prometheus.Counter // bytes copied, counted from io.Copy's results
+	sent  prometheus.Counter // bytes copied
 }
 
 // from makes src the connection c reads.
@@ -51,29 +58,41 @@ func (c *copier) wait() (int, error) {
 	return c.n, c.err
 }
 
-// send splices n queued bytes from src to dst.
+// read takes up to len(b) of the queued bytes into b.
+func (c *copier) read(b []byte) (int, error) {
+	n, err := c.src.Read(b)
+	if err == io.EOF {
+		err = nil
+	}
+	return n, err
+}
+
+// send moves the n queued bytes from src to dst, splicing them.
 func (c *copier) send(dst *net.TCPConn, n int) (int64, error) {
 	c.lr.R, c.lr.N = c.src, int64(n)
 	m, err := io.Copy(dst, &c.lr)
+	if m == 0 && err == nil {
+		m, err = c.stepOver(dst) // an urgent mark: see copier
+	}
 	c.sent.Add(float64(m))
 	return m, err
 }
 
-// copy copies src to dst until EOF or an error, like io.Copy.
-func (c *copier) copy(dst *net.TCPConn) (int64, error) {
-	var written int64
-	for {
-		n, err := c.wait()
-		if err != nil || n == 0 {
-			return written, err
-		}
-		m, err := c.send(dst, n)
-		written += m
-		if err != nil {
-			return written, err
-		}
+// stepOver copies what one plain read of src returns to dst.
+func (c *copier) stepOver(dst *net.TCPConn) (int64, error) {
+	buf := stepBufs.Get().(*[stepBufSize]byte)
+	defer stepBufs.Put(buf)
+	n, err := c.read(buf[:])
+	if err != nil || n == 0 {
+		return 0, err
 	}
+	m, err := dst.Write(buf[:n])
+	return int64(m), err
 }
+
+const stepBufSize = 4 << 10
+
+var stepBufs = sync.Pool{New: func() any { return new([stepBufSize]byte) }}
 
 // queued is called by RawConn.Read: it reports true once src has data or
 // EOF (c.n bytes queued; 0 for EOF) or an error, and false to wait. One

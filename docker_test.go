@@ -392,7 +392,7 @@ func startProxyWith(t testing.TB, cfg config, docker dockerAPI) *testProxy {
 	log := slog.New(slog.NewJSONHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, docker, lns, log) }()
+	go func() { done <- serve(ctx, nil, cfg, docker, lns, log) }()
 	var once sync.Once
 	p.stop = func() {
 		once.Do(func() {

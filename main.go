@@ -40,9 +40,8 @@ func main() {
 		return
 	}
 	log := newLogger(os.Stderr, cfg.logFormat, cfg.logLevel)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	ctx, abort := signals(log)
+	if err := run(ctx, abort, cfg, log); err != nil {
 		log.Error("docker-proxy failed", "err", err)
 		os.Exit(1)
 	}
@@ -58,8 +57,42 @@ func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// signals turns the process's signals into its lifetime: the first SIGTERM
+// or SIGINT ends ctx (no new connections; open ones get
+// -shutdown_timeout), a second one closes abort (every connection is
+// closed now). SIGHUP, which a closed terminal or session sends, is logged
+// and ignored: the proxy has nothing to reload, and a restart is the way
+// to change its flags.
+func signals(log *slog.Logger) (context.Context, <-chan struct{}) {
+	ctx, stop := context.WithCancel(context.Background())
+	abort := make(chan struct{})
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		for n := 0; ; {
+			sig := <-ch
+			if sig == syscall.SIGHUP {
+				log.Info("SIGHUP ignored: restart docker-proxy to change its settings")
+				continue
+			}
+			if n++; n == 1 {
+				log.Info("stopping", "signal", sig.String())
+				stop()
+				continue
+			}
+			log.Warn("second signal: closing every connection now", "signal", sig.String())
+			close(abort)
+			return
+		}
+	}()
+	return ctx, abort
+}
+
 // run connects to Docker, opens the listeners and serves until ctx ends.
-func run(ctx context.Context, cfg config, log *slog.Logger) error {
+func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logger) error {
+	if os.Getenv("DOCKER_CERT_PATH") != "" && os.Getenv("DOCKER_TLS_VERIFY") == "" && cfg.docker == "" {
+		log.Warn("DOCKER_CERT_PATH is set but DOCKER_TLS_VERIFY is not: the Docker API's certificate is not verified (set DOCKER_TLS_VERIFY=1)")
+	}
 	docker, err := dockerClient(cfg)
 	if err != nil {
 		return err
@@ -76,15 +109,32 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 			_ = ln.Close()
 		}
 	}()
+	network := listenNetwork(cfg.address)
 	for _, p := range cfg.ports {
 		addr := net.JoinHostPort(cfg.address, strconv.Itoa(int(p.host)))
-		ln, err := net.Listen("tcp", addr)
+		ln, err := net.Listen(network, addr)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		lns = append(lns, ln.(*net.TCPListener))
 	}
-	return serve(ctx, cfg, docker, lns, log)
+	return serve(ctx, abort, cfg, docker, lns, log)
+}
+
+// listenNetwork is the network the listeners open for -address: an IPv4
+// address listens on IPv4 only, as Docker's own -p 0.0.0.0:... does; "::"
+// on every IPv6 address and, unless the host sets
+// net.ipv6.bindv6only=1, every IPv4 one too; any other IPv6 address on
+// IPv6 only.
+func listenNetwork(address string) string {
+	ip := net.ParseIP(address)
+	switch {
+	case ip.To4() != nil:
+		return "tcp4"
+	case ip.IsUnspecified():
+		return "tcp"
+	}
+	return "tcp6"
 }
 
 // dockerClient makes the Docker API client: -docker (with -docker_tls_*
@@ -122,8 +172,10 @@ func dockerName(cfg config, cli *client.Client) string {
 }
 
 // serve runs the proxy on lns, one listener per cfg.ports entry, until ctx
-// ends; then it lets open connections finish for up to cfg.shutdown.
-func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger) error {
+// ends; then it lets open connections finish for up to cfg.shutdown, or
+// until abort is closed, and closes the rest. Whatever the connections do,
+// it returns soon after.
+func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger) error {
 	sel, err := newSelector(cfg.tag, cfg.labels)
 	if err != nil {
 		return err
@@ -143,8 +195,12 @@ func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPList
 
 	var wg sync.WaitGroup
 	if cfg.metricsAddr != "" {
+		mln, err := listenMetrics(cfg.metricsAddr)
+		if err != nil {
+			return err
+		}
 		wg.Go(func() {
-			if err := serveMetrics(ctx, cfg.metricsAddr, p.m, &d.snap, &w.connected, log); err != nil {
+			if err := serveMetrics(ctx, mln, p.m, &d.snap, &w.connected, log); err != nil {
 				log.Error("metrics server failed", "addr", cfg.metricsAddr, "err", err)
 			}
 		})
@@ -156,23 +212,34 @@ func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPList
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })
 	}
 	<-ctx.Done()
-	wg.Wait()
-
+	log.Info("no new connections; open ones may finish", "open", p.reg.count(), "shutdown_timeout", cfg.shutdown)
 	done := make(chan struct{})
-	go func() { p.open.Wait(); close(done) }()
+	go func() {
+		wg.Wait()
+		p.open.Wait()
+		close(done)
+	}()
+	timeout := time.NewTimer(cfg.shutdown)
+	defer timeout.Stop()
 	select {
 	case <-done:
-	case <-time.After(cfg.shutdown):
-		n := 0
-		for _, b := range d.backends() {
-			n += b.closeAll()
-		}
-		log.Info("shutdown: closed open connections", "closed", n)
-		<-done
+	case <-timeout.C:
+		log.Info("shutdown: closed open connections", "closed", p.shutdown())
+	case <-abort:
+		log.Info("shutdown: closed open connections", "closed", p.shutdown())
 	}
-	log.Info("stopped")
+	select {
+	case <-done:
+		log.Info("stopped")
+	case <-time.After(closeWait):
+		log.Error("stopped with connections still closing", "open", p.reg.count())
+	}
 	return nil
 }
+
+// closeWait bounds how long serve waits, after closing every connection,
+// for their goroutines to end.
+const closeWait = 2 * time.Second
 
 // commit is the source revision, set at build time by the Makefile
 // (-ldflags "-X main.commit=...") where the build has no VCS stamp.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
 
 // metrics are the proxy's Prometheus metrics. They always exist (an atomic
@@ -138,9 +140,31 @@ func (s status) current(connected bool) status {
 	return s
 }
 
-// serveMetrics serves /metrics, /healthz and /status on addr until ctx
+// The metrics server is for a scraper and a person with curl, never for
+// the load the data ports take: it holds few connections, each for a
+// bounded time, so that idle or slow clients cannot use up the file
+// descriptors the data ports need.
+const (
+	metricsMaxConns = 32
+	metricsIdle     = 30 * time.Second
+	metricsRead     = 10 * time.Second
+	metricsWrite    = 30 * time.Second
+)
+
+// listenMetrics opens the -metrics_address listener. It is called at
+// start-up, so an address that cannot be bound stops the proxy like a
+// data port would.
+func listenMetrics(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	return netutil.LimitListener(ln, metricsMaxConns), nil
+}
+
+// serveMetrics serves /metrics, /healthz and /status on ln until ctx
 // ends.
-func serveMetrics(ctx context.Context, addr string, m *metrics, snap *atomic.Pointer[status], connected *atomic.Bool, log *slog.Logger) error {
+func serveMetrics(ctx context.Context, ln net.Listener, m *metrics, snap *atomic.Pointer[status], connected *atomic.Bool, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -156,11 +180,17 @@ func serveMetrics(ctx context.Context, addr string, m *metrics, snap *atomic.Poi
 		}
 		_ = enc.Encode(s.current(connected.Load()))
 	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       metricsRead,
+		WriteTimeout:      metricsWrite,
+		IdleTimeout:       metricsIdle,
+		MaxHeaderBytes:    16 << 10,
+		// net/http's own complaints (a bad TLS hello, a panic in a
+		// handler) go to the same log, in the same format.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	log.Info("serving metrics", "addr", ln.Addr().String())
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

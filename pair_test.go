@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// readLineThenClose reads one line and closes without answering, as Go's
-// net/http does with a request that arrives while it shuts down.
+// readLineThenClose reads one line and closes without answering: it may
+// have acted on the line (a fire-and-forget record).
 func readLineThenClose(c *net.TCPConn) {
 	_, _ = bufio.NewReader(c).ReadString('\n')
 }
@@ -20,15 +20,14 @@ func resetAtOnce(c *net.TCPConn) {
 	_ = c.SetLinger(0)
 }
 
-// TestPairReplaysUnansweredBytes: a server that ends a connection before it
-// answered is replaced by the current backend, which gets the client's
+// TestPairReplaysUnansweredBytes: a server that resets a connection before
+// it answered is replaced by the current backend, which gets the client's
 // bytes again; the client never sees the failure.
 func TestPairReplaysUnansweredBytes(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		handle func(*net.TCPConn)
 	}{
-		{"closed unanswered", readLineThenClose},
 		{"reset", resetAtOnce},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -53,6 +52,37 @@ func TestPairReplaysUnansweredBytes(t *testing.T) {
 				t.Fatalf("got %q, %v; want %q", got, err, "good again")
 			}
 		})
+	}
+}
+
+// TestPairNoResendAfterFIN: a server that read the client's bytes and
+// closed may have acted on them (RFC 9110 §9.2.2): they are never sent to
+// another one, and the client sees the close.
+func TestPairNoResendAfterFIN(t *testing.T) {
+	records := make(chan string, 8)
+	actThenClose := func(c *net.TCPConn) {
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		records <- line
+	}
+	first := startLoopServer(t, actThenClose)
+	second := startLoopServer(t, actThenClose)
+	rig := startProxyRig(t, first.backend("first"), 2*time.Second, 0)
+	c := dialTCP(t, rig.addr)
+	_, _ = io.WriteString(c, "charge 10\n")
+	if got := <-records; got != "charge 10\n" {
+		t.Fatalf("first server read %q", got)
+	}
+	rig.route.store(second.backend("second"))
+	expectClosed(t, c, 5*time.Second)
+	select {
+	case got := <-records:
+		t.Fatalf("the request was acted on twice: a second server read %q", got)
+	default:
+	}
+	second.mu.Lock()
+	defer second.mu.Unlock()
+	if second.accepted != 0 {
+		t.Errorf("the second server got %d connections; want 0", second.accepted)
 	}
 }
 

@@ -6,167 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 )
-
-// backend is one container that connections are sent to, with the
-// connections it carries, so that they can be closed before the container is
-// removed: once its network is gone the kernel sends no reset, and a
-// connection the proxy does not close itself would hang.
-type backend struct {
-	id    string     // full container id
-	ip    netip.Addr // the container's address
-	dials []string   // "IP:port" to dial for each listener, by index
-
-	mu     sync.Mutex
-	conns  *pair // open pairs, a doubly linked list through pair.prev/next
-	n      int   // len(conns)
-	closed bool  // sealed: no pair may join (superseded, or retired)
-	idle   chan struct{}
-}
-
-func newBackend(id string, ip netip.Addr, ports []portMap) *backend {
-	b := &backend{id: id, ip: ip, dials: make([]string, len(ports))}
-	for i, p := range ports {
-		b.dials[i] = netip.AddrPortFrom(ip, p.container).String()
-	}
-	return b
-}
-
-// track adds p to the connections b carries. It fails once b is closed.
-func (b *backend) track(p *pair) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return false
-	}
-	p.tracked = true
-	p.next = b.conns
-	if b.conns != nil {
-		b.conns.prev = p
-	}
-	b.conns = p
-	b.n++
-	return true
-}
-
-func (b *backend) untrack(p *pair) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !p.tracked {
-		return
-	}
-	p.tracked = false
-	if p.prev != nil {
-		p.prev.next = p.next
-	} else if b.conns == p {
-		b.conns = p.next
-	}
-	if p.next != nil {
-		p.next.prev = p.prev
-	}
-	p.prev, p.next = nil, nil
-	b.n--
-	if b.n == 0 && b.idle != nil {
-		close(b.idle)
-		b.idle = nil
-	}
-}
-
-// count reports how many connections b carries.
-func (b *backend) count() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.n
-}
-
-// drained returns a channel that is closed once b carries no connection.
-func (b *backend) drained() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.n == 0 {
-		return closedChan
-	}
-	if b.idle == nil {
-		b.idle = make(chan struct{})
-	}
-	return b.idle
-}
-
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-// seal lets no new connection join b: it is no longer the one to serve.
-func (b *backend) seal() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-}
-
-// unseal lets connections join b again (a rollback).
-func (b *backend) unseal() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = false
-}
-
-// closeAll closes every connection b carries and lets no new one join.
-// It returns how many it closed.
-func (b *backend) closeAll() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	n := 0
-	for p := b.conns; p != nil; p = p.next {
-		_ = p.client.Close()
-		_ = p.server.Close()
-		n++
-	}
-	return n
-}
-
-// router holds the backend for new connections. The hot path is one atomic
-// load; the mutex and channel serve only connections that wait for a
-// backend to appear or change.
-type router struct {
-	cur     atomic.Pointer[backend]
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every store
-}
-
-func newRouter() *router { return &router{changed: make(chan struct{})} }
-
-func (r *router) load() *backend { return r.cur.Load() }
-
-func (r *router) store(b *backend) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.cur.Store(b)
-	close(r.changed)
-	r.changed = make(chan struct{})
-}
-
-// wait blocks until the backend is no longer old, or until timer fires or
-// ctx ends; it reports whether the backend changed.
-func (r *router) wait(ctx context.Context, old *backend, timer <-chan time.Time) bool {
-	r.mu.Lock()
-	changed := r.changed
-	cur := r.cur.Load()
-	r.mu.Unlock()
-	if cur != old {
-		return true
-	}
-	select {
-	case <-changed:
-		return true
-	case <-timer:
-		return false
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // proxy accepts connections on its listeners and forwards each one to the
 // backend current at the moment it arrives.
@@ -178,10 +21,19 @@ type proxy struct {
 	proxyProtocol int           // -proxy_protocol: 0 (off), 1 or 2
 	dialer        net.Dialer
 	log           *slog.Logger
+	reg           *conns
 	open          sync.WaitGroup // pairs not yet closed
 	slots         chan struct{}  // -max_conns: one token per open connection
 
-	lastDrop atomic.Int64 // unix second of the last "no backend" log line
+	// life bounds every dial and hold: it ends when the proxy gives up
+	// on its connections (the end of -shutdown_timeout).
+	life context.Context
+	kill context.CancelFunc
+
+	kept     atomic.Int64 // bytes of kept buffers handed out (see replayBudget)
+	keptPool sync.Pool    // of *[]byte, cap replayMax
+
+	lastDrop atomic.Int64 // unix second of the last "not forwarded" log line
 	m        *metrics
 }
 
@@ -197,18 +49,54 @@ func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, 
 		// No TCP keep-alive toward containers: they are local, and one
 		// that dies is seen by its die event. (Clients keep Go's
 		// default keep-alive, to find the ones that vanish.)
-		dialer:    net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1},
+		dialer:    net.Dialer{Timeout: dialTimeout(hold), KeepAlive: -1},
 		replayMax: defaultReplayBytes,
+		reg:       newConns(),
 		m:         newMetrics(ports),
 		log:       log,
 	}
+	p.life, p.kill = context.WithCancel(context.Background())
 	if maxConns > 0 {
 		p.slots = make(chan struct{}, maxConns)
 	}
-	if hold > 0 && hold < p.dialer.Timeout {
-		p.dialer.Timeout = hold // one dial never outlasts the hold
-	}
 	return p
+}
+
+// dialTimeout bounds one dial so that a held connection has time for
+// several: a container that drops SYNs must not use the whole hold.
+func dialTimeout(hold time.Duration) time.Duration {
+	if hold <= 0 {
+		return 5 * time.Second // one dial, no retry
+	}
+	return min(max(hold/4, 250*time.Millisecond), 5*time.Second, hold)
+}
+
+// shutdown closes every connection and ends every dial and hold; it
+// returns how many connections it closed.
+func (p *proxy) shutdown() int {
+	p.kill()
+	return p.reg.closeAll()
+}
+
+// takeKept gives pr a buffer for its kept bytes, unless all connections
+// together keep replayBudget already.
+func (p *proxy) takeKept(pr *pair) bool {
+	if p.kept.Add(int64(p.replayMax)) > replayBudget {
+		p.kept.Add(-int64(p.replayMax))
+		return false
+	}
+	buf, _ := p.keptPool.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, 0, p.replayMax)
+		buf = &b
+	}
+	pr.buf, pr.kept = buf, (*buf)[:0]
+	return true
+}
+
+func (p *proxy) giveKept(buf *[]byte) {
+	p.keptPool.Put(buf)
+	p.kept.Add(-int64(p.replayMax))
 }
 
 // done is called once per accepted connection on listener i, when it is
@@ -225,6 +113,12 @@ func (p *proxy) done(i int) {
 // ends. Accept errors other than a closed listener are logged and retried
 // with backoff (5ms doubling to 1s, as net/http does), so a transient
 // shortage such as EMFILE never gives up the port.
+//
+// With -max_conns, a connection is accepted first and then waits for a
+// slot: a loop that waited for a slot before it accepted would hold it
+// while no client comes, and starve the other ports. At the limit each
+// port holds one accepted connection; the rest wait in the kernel's
+// backlog.
 func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 	// Closing the listener unblocks AcceptTCP when ctx ends; serve also
 	// closes it on its way out, whichever way it leaves.
@@ -235,20 +129,8 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 	}()
 	var backoff time.Duration
 	for {
-		if p.slots != nil {
-			// At the limit, stop accepting: new clients wait in the
-			// kernel's backlog rather than being refused by us.
-			select {
-			case p.slots <- struct{}{}:
-			case <-ctx.Done():
-				return nil
-			}
-		}
 		c, err := ln.AcceptTCP()
 		if err != nil {
-			if p.slots != nil {
-				<-p.slots
-			}
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
@@ -262,90 +144,143 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 			continue
 		}
 		backoff = 0
+		if p.slots != nil {
+			select {
+			case p.slots <- struct{}{}:
+			case <-ctx.Done():
+				_ = c.Close()
+				return nil
+			}
+		}
 		p.m.accepted[i].Inc()
 		p.m.active[i].Inc()
 		p.open.Add(1)
-		go p.handle(ctx, c, i)
+		go p.handle(c, i)
 	}
 }
 
 // handle forwards one client connection.
-func (p *proxy) handle(ctx context.Context, client *net.TCPConn, i int) {
-	pr := &pair{client: client, proxy: p, ctx: ctx, port: i}
-	pr.committed.Store(p.replayMax == 0) // nothing kept, nothing to resend
+func (p *proxy) handle(client *net.TCPConn, i int) {
+	pr := &pair{client: client, proxy: p, port: i}
+	pr.committed = p.replayMax == 0 // nothing kept, nothing to resend
 	pr.up.sent, pr.down.sent = p.m.bytesUp[i], p.m.bytesDown[i]
-	for range 3 {
-		b, server, err := p.connect(ctx, i)
+	if !p.reg.add(pr) { // shutting down
+		p.m.failed[i].Inc()
+		_ = client.Close()
+		p.done(i)
+		return
+	}
+	if _, err := p.establish(pr, nil); err != nil {
+		p.m.failed[i].Inc()
+		p.notForwarded(i, err)
+		pr.close()
+		return
+	}
+	// Two fresh goroutines: this one's stack grew while it dialed, and
+	// an idle pair should hold only small ones.
+	pr.running.Store(2)
+	go pr.clientToServer()
+	go pr.serverToClient()
+}
+
+// notForwarded logs a connection that could not be forwarded, with why,
+// at most once a second, so that a burst of clients cannot flood the log.
+func (p *proxy) notForwarded(i int, err error) {
+	now := time.Now().Unix()
+	if last := p.lastDrop.Load(); last != now && p.lastDrop.CompareAndSwap(last, now) {
+		p.log.Warn("connection closed: not forwarded", "port", p.ports[i].host, "err", err)
+	}
+}
+
+// establish connects pr to a container, at accept and when the pair moves
+// (from: the container it leaves, which is never dialed again for it). It
+// dials the current backend, holding the connection up to -hold_timeout
+// while there is none or the dial fails; starts the connection with the
+// PROXY header; puts the pair on the backend, which must not be sealed;
+// and only then sends what the client has sent so far, so that no
+// container that cannot keep the pair ever reads its bytes.
+func (p *proxy) establish(pr *pair, from *backend) (*backend, error) {
+	start := time.Now()
+	deadline := start.Add(p.hold)
+	var err error
+	for range maxMoves {
+		var b *backend
+		var server *net.TCPConn
+		b, server, err = p.connect(pr.port, from, deadline)
 		if err != nil {
-			p.noBackend(i, err)
 			break
 		}
-		pr.server, pr.backend = server, b
-		if err := pr.sendHeader(server); err != nil {
+		if err = pr.sendHeader(server); err != nil {
 			_ = server.Close()
 			continue
 		}
-		if b.track(pr) {
-			// Two fresh goroutines: this one's stack grew while it
-			// dialed, and an idle pair should hold only small ones.
-			pr.running.Store(2)
-			go pr.clientToServer()
-			go pr.serverToClient()
-			return
+		if !p.reg.assign(pr, b, server) {
+			_ = server.Close()
+			if err = errClosed; pr.cut.Load() {
+				break
+			}
+			err = fmt.Errorf("container %s retired while connecting", b.short())
+			continue // b was sealed between load and assign: the next one
 		}
-		// b was retired between load and track: dial the new one.
-		_ = server.Close()
-	}
-	p.m.failed[i].Inc()
-	_ = client.Close()
-	p.done(i)
-}
-
-// noBackend logs a connection that could not be forwarded, at most once a
-// second, so that a burst of clients cannot flood the log.
-func (p *proxy) noBackend(i int, err error) {
-	now := time.Now().Unix()
-	if last := p.lastDrop.Load(); last != now && p.lastDrop.CompareAndSwap(last, now) {
-		p.log.Warn("connection closed: no ready container", "port", p.ports[i].host, "err", err)
-	}
-}
-
-// connect dials the current backend for listener i. When there is none, or
-// the dial fails, it holds the connection (see connectHeld).
-func (p *proxy) connect(ctx context.Context, i int) (*backend, *net.TCPConn, error) {
-	b := p.route.load()
-	if b == nil {
-		if p.hold <= 0 {
-			return nil, nil, errNoBackend
+		if err = pr.resend(server); err != nil {
+			// The new container reset the connection before it read
+			// everything: it cannot have answered, so another one may.
+			p.reg.release(pr)
+			_ = server.Close()
+			from = b
+			continue
 		}
-		return p.connectHeld(ctx, i, nil, p.hold)
+		return b, nil
 	}
-	start := time.Now()
-	server, err := p.dial(ctx, b, i)
-	if err != nil && p.hold > 0 {
-		return p.connectHeld(ctx, i, b, p.hold-time.Since(start))
+	if wait := time.Since(start); wait >= time.Millisecond {
+		err = fmt.Errorf("held %v: %w", wait.Round(time.Millisecond), err)
 	}
-	return b, server, err
+	return nil, err
 }
 
-// connectHeld waits up to budget for a backend that can be dialed: it
+var (
+	errNoBackend = errors.New("no ready container")
+	errClosed    = errors.New("closed by the proxy")
+)
+
+// connect dials the current backend for listener i, unless it is skip.
+// While there is none, or the dial fails, it waits for a change (or
+// retries every retryDial) until deadline. Its error says what failed
+// last: no backend, or the dial's own error.
+func (p *proxy) connect(i int, skip *backend, deadline time.Time) (*backend, *net.TCPConn, error) {
+	if b := p.route.load(); b != nil && b != skip {
+		server, err := p.dial(p.life, b, i)
+		if err == nil || p.hold <= 0 {
+			return b, server, err
+		}
+		return p.connectHeld(i, b, skip, deadline, err)
+	}
+	if p.hold <= 0 {
+		return nil, nil, errNoBackend
+	}
+	return p.connectHeld(i, nil, skip, deadline, errNoBackend)
+}
+
+// connectHeld waits until deadline for a backend that can be dialed: it
 // tries again as soon as the backend changes, and every retryDial while
-// the one that failed is still current.
-func (p *proxy) connectHeld(ctx context.Context, i int, b *backend, budget time.Duration) (*backend, *net.TCPConn, error) {
-	ctx, cancel := context.WithTimeout(ctx, budget)
+// the one that failed (b) is still current.
+func (p *proxy) connectHeld(i int, b, skip *backend, deadline time.Time, err error) (*backend, *net.TCPConn, error) {
+	ctx, cancel := context.WithDeadline(p.life, deadline)
 	defer cancel()
-	err := errNoBackend
 	for {
 		var retry <-chan time.Time
 		if b != nil {
 			retry = time.After(retryDial)
 		}
 		p.route.wait(ctx, b, retry)
-		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("held %v: %w", p.hold, err)
+		switch {
+		case p.life.Err() != nil:
+			return nil, nil, fmt.Errorf("shutting down: %w", err)
+		case ctx.Err() != nil:
+			return nil, nil, err
 		}
-		if b = p.route.load(); b == nil {
-			err = errNoBackend
+		if b = p.route.load(); b == nil || b == skip {
+			b, err = nil, errNoBackend
 			continue
 		}
 		var server *net.TCPConn
@@ -354,8 +289,6 @@ func (p *proxy) connectHeld(ctx context.Context, i int, b *backend, budget time.
 		}
 	}
 }
-
-var errNoBackend = errors.New("no ready container")
 
 // dial connects to backend b for listener i. (Dialer.DialTCP with a zero
 // local address binds before it connects, which pins an ephemeral port to

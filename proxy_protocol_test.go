@@ -39,17 +39,16 @@ func ppEcho(got ppHeaders) func(c *net.TCPConn) {
 	}
 }
 
-// ppReadLineThenClose reads the header and one line, then closes without
-// answering, as a server that shuts down does.
-func ppReadLineThenClose(got ppHeaders) func(c *net.TCPConn) {
+// ppReadHeaderThenReset reads the header, then resets the connection
+// without answering.
+func ppReadHeaderThenReset(got ppHeaders) func(c *net.TCPConn) {
 	return func(c *net.TCPConn) {
-		r := bufio.NewReader(c)
-		h, err := proxyproto.Read(r)
+		h, err := proxyproto.Read(bufio.NewReader(c))
 		if err != nil {
 			return
 		}
 		got <- h
-		_, _ = r.ReadString('\n')
+		_ = c.SetLinger(0)
 	}
 }
 
@@ -124,14 +123,14 @@ func TestProxyProtocolOff(t *testing.T) {
 	}
 }
 
-// TestProxyProtocolReplay: a connection the first server closed unanswered
+// TestProxyProtocolReplay: a connection the first server reset unanswered
 // is sent to the next one with a header of its own, then the client's
 // bytes again.
 func TestProxyProtocolReplay(t *testing.T) {
 	for _, v := range []int{1, 2} {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			badGot, goodGot := make(ppHeaders, 8), make(ppHeaders, 8)
-			bad := startLoopServer(t, ppReadLineThenClose(badGot))
+			bad := startLoopServer(t, ppReadHeaderThenReset(badGot))
 			good := startLoopServer(t, ppEcho(goodGot))
 			rig := startProxyRig(t, bad.backend("bad"), 2*time.Second, 0, withProxyProtocol(v))
 			c := dialTCP(t, rig.addr)

@@ -16,6 +16,9 @@
 //	-proxyproto ADDR raw TCP: reads a PROXY protocol header (v1 or v2), writes
 //	                 back the source address it names and a newline, then
 //	                 echoes like -echo
+//	-plain_shutdown  stop with net/http's Server.Shutdown, which drops a
+//	                 request it has read on a connection accepted as it
+//	                 began to stop (see stopHTTP)
 package main
 
 import (
@@ -30,6 +33,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -47,6 +51,7 @@ func main() {
 		exitAfter    = flag.Duration("exit_after", 0, "exit this long after becoming ready")
 		check        = flag.String("check", "", "GET this URL and exit 0 on 200, 1 otherwise")
 		proxyAddr    = flag.String("proxyproto", "", "listen address for PROXY protocol connections: answer the source address, then echo (empty: none)")
+		plainStop    = flag.Bool("plain_shutdown", false, "stop with net/http's Shutdown rather than answering every request read")
 	)
 	flag.Parse()
 	if *check != "" {
@@ -85,23 +90,32 @@ func main() {
 		fmt.Fprintln(w, host)
 	})
 	srv := &http.Server{Addr: *httpAddr, Handler: mux}
+	conns := trackConns(srv)
+	var ln net.Listener
+	if *httpAddr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", *httpAddr); err != nil {
+			log.Fatal(err)
+		}
+		go func() { _ = srv.Serve(ln) }()
+	}
+	stop := func(timeout time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if *plainStop || ln == nil {
+			_ = srv.Shutdown(ctx)
+			return
+		}
+		stopHTTP(ctx, srv, ln, conns)
+	}
 	if *exitAfter > 0 {
 		// A crash, but one that lets requests in flight finish, so that a
 		// test can count every failure as the proxy's.
 		time.AfterFunc(*readyAfter+*exitAfter, func() {
 			log.Printf("exiting on purpose")
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			_ = srv.Shutdown(ctx)
+			stop(time.Second)
 			os.Exit(3)
 		})
-	}
-	if *httpAddr != "" {
-		go func() {
-			if err := srv.ListenAndServe(); err != http.ErrServerClosed {
-				log.Fatal(err)
-			}
-		}()
 	}
 	if *echoAddr != "" {
 		openEcho := func() {
@@ -130,9 +144,63 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 	<-sig
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(ctx)
+	stop(5 * time.Second)
+}
+
+// conns follows the HTTP server's connections and their states.
+type conns struct {
+	mu sync.Mutex
+	m  map[net.Conn]http.ConnState
+}
+
+func trackConns(srv *http.Server) *conns {
+	cs := &conns{m: map[net.Conn]http.ConnState{}}
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		if st == http.StateClosed || st == http.StateHijacked {
+			delete(cs.m, c)
+		} else {
+			cs.m[c] = st
+		}
+	}
+	return cs
+}
+
+// closeIdle closes the idle keep-alive connections and reports how many
+// are still open.
+func (cs *conns) closeIdle() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c, st := range cs.m {
+		if st == http.StateIdle {
+			_ = c.Close()
+		}
+	}
+	return len(cs.m)
+}
+
+// stopHTTP stops the server without dropping a request it has read, as a
+// careful service does. Server.Shutdown closes the listener, then reads
+// the request of a connection accepted just before and returns without
+// answering it (net/http's conn.serve checks shuttingDown after
+// readRequest): the client sees FIN and no answer, which no proxy may take
+// for an unread request. Here the listener closes (the kernel resets what
+// is still queued, unread), keep-alive goes off so every connection
+// closes after its next answer, and idle ones are closed, until none is
+// left or ctx ends.
+func stopHTTP(ctx context.Context, srv *http.Server, ln net.Listener, cs *conns) {
+	_ = ln.Close()
+	srv.SetKeepAlivesEnabled(false)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for cs.closeIdle() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 func serveEcho(ln net.Listener) {

@@ -1,0 +1,366 @@
+package main
+
+// Regression tests of the connection path under attack: each one failed
+// before the fix it names. Real sockets on 127.0.0.1, no Docker.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sendUrgent sends one byte of TCP urgent data (MSG_OOB) on c.
+func sendUrgent(t testing.TB, c *net.TCPConn, b byte) {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), []byte{b}, unix.MSG_OOB, nil)
+		return true
+	}); err != nil || serr != nil {
+		t.Fatalf("send urgent byte: %v %v", err, serr)
+	}
+}
+
+// TestPairUrgentByteDoesNotStall: an urgent byte in the stream stopped the
+// splice at the urgent mark: the bytes after it never arrived and the copy
+// loop spun. Now the bytes around it are delivered, as a plain read
+// delivers them, and the pair closes at EOF.
+func TestPairUrgentByteDoesNotStall(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		pause bool // the urgent byte is the last one queued for a while
+	}{
+		{"in a burst", false},
+		{"alone in the queue", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startLoopServer(t, echoConn)
+			rig := startProxyRig(t, srv.backend("a"), 0, 0)
+			c := dialTCP(t, rig.addr)
+			echoRound(t, c, "abc") // answered: committed, spliced
+			sendUrgent(t, c, '!')
+			if tc.pause {
+				expectSilent(t, c, 100*time.Millisecond)
+			}
+			if _, err := io.WriteString(c, "def"); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != "def" {
+				t.Fatalf("after the urgent byte got %q, %v; want %q then EOF", got, err, "def")
+			}
+			waitUntil(t, 5*time.Second, "the pair closed after both sides' EOF", func() bool { return rig.p.reg.count() == 0 })
+		})
+	}
+}
+
+// TestPairServerHalfClosesFirst: a server that half-closes on accept and
+// then reads to EOF is not a failed connection: it gets every byte the
+// client sends, and the client sees its EOF.
+func TestPairServerHalfClosesFirst(t *testing.T) {
+	got := make(chan []byte, 1)
+	srv := startLoopServer(t, func(c *net.TCPConn) {
+		_ = c.CloseWrite()
+		b, _ := io.ReadAll(c)
+		got <- b
+	})
+	rig := startProxyRig(t, srv.backend("a"), time.Second, 0)
+	c := dialTCP(t, rig.addr)
+	msg := []byte("written after the server's FIN\n")
+	for range 3 {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("client read %q, %v; want EOF", b, err)
+	}
+	_ = c.CloseWrite()
+	select {
+	case b := <-got:
+		if want := bytes.Repeat(msg, 3); !bytes.Equal(b, want) {
+			t.Fatalf("server read %q; want %q", b, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("server never reached EOF")
+	}
+}
+
+// TestPairLargeReplayNoDeadlock: with -replay_bytes at its cap, a client
+// that sends a lot before reading, to a server that answers as it reads,
+// deadlocked: the client side wrote to the server holding the lock the
+// server side needed. Now every byte comes back.
+func TestPairLargeReplayNoDeadlock(t *testing.T) {
+	srv := startLoopServer(t, echoConn)
+	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = maxReplayBytes })
+	c := dialTCP(t, rig.addr)
+	msg := make([]byte, maxReplayBytes-1)
+	_, _ = rand.Read(msg)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		_ = c.CloseWrite()
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %d bytes back, %v; want %d bytes", len(got), err, len(msg))
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+}
+
+// TestPairReplayBudget: the kept bytes of all connections together stay
+// under replayBudget; a connection past it keeps nothing, and still works.
+func TestPairReplayBudget(t *testing.T) {
+	held := make(chan *net.TCPConn, 200)
+	srv := startLoopServer(t, func(c *net.TCPConn) { // read, never answer
+		held <- c
+		_, _ = io.Copy(io.Discard, c)
+	})
+	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = maxReplayBytes })
+	over := replayBudget/maxReplayBytes + 8
+	for range over {
+		c := dialTCP(t, rig.addr)
+		if _, err := io.WriteString(c, "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 10*time.Second, "every connection at the server", func() bool { return len(held) == over })
+	waitUntil(t, 5*time.Second, "every first byte kept or not", func() bool {
+		return rig.p.kept.Load() == replayBudget
+	})
+	if k := rig.p.kept.Load(); k > replayBudget {
+		t.Fatalf("kept %d bytes; budget %d", k, replayBudget)
+	}
+}
+
+// TestProxyShutdownClosesEveryPair: after a failed replay a pair belonged
+// to no backend, so the close at the end of -shutdown_timeout missed it and
+// shutdown hung. Now every pair is in one registry from accept to close:
+// a held one, one whose server half-closed, one whose resend failed; the
+// shutdown closes them all.
+func TestProxyShutdownClosesEveryPair(t *testing.T) {
+	halfClose := startLoopServer(t, func(c *net.TCPConn) {
+		_ = c.CloseWrite()
+		_, _ = io.Copy(io.Discard, c)
+	})
+	reset := startLoopServer(t, resetAtOnce)
+	rig := startProxyRig(t, halfClose.backend("fin"), 30*time.Second, 0)
+
+	fin := dialTCP(t, rig.addr) // its server sent FIN; the client stays
+	if b, err := io.ReadAll(fin); err != nil || len(b) != 0 {
+		t.Fatalf("read %q, %v; want EOF", b, err)
+	}
+	rig.route.store(reset.backend("reset"))
+	resent := dialTCP(t, rig.addr) // reset, and no other container to resend to
+	_, _ = io.WriteString(resent, "hello\n")
+	reset.waitAccepted(t)
+	rig.route.store(nil)
+	held := dialTCP(t, rig.addr) // no backend: held
+	waitUntil(t, 5*time.Second, "three pairs", func() bool { return rig.p.reg.count() == 3 })
+
+	if n := rig.p.shutdown(); n != 3 {
+		t.Errorf("shutdown closed %d pairs; want 3", n)
+	}
+	for _, c := range []*net.TCPConn{fin, resent, held} {
+		expectClosed(t, c, 5*time.Second)
+	}
+	waitUntil(t, 5*time.Second, "every pair closed", func() bool { return rig.p.reg.count() == 0 })
+}
+
+// TestProxyMaxConnsServesEveryPort: an accept loop waiting for a client on
+// its port held the only -max_conns slot, and a client of another port was
+// never served.
+func TestProxyMaxConnsServesEveryPort(t *testing.T) {
+	srv := startLoopServer(t, echoConn)
+	ports := []portMap{{host: 1, container: srv.port}, {host: 2, container: srv.port}}
+	route := newRouter()
+	route.store(newBackend("a", mustAddr("127.0.0.1"), ports))
+	p := newProxy(route, ports, 0, 1, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	lns := []*net.TCPListener{listenLoopback(t), listenLoopback(t)}
+	for i, ln := range lns {
+		wg.Go(func() { _ = p.serve(ctx, ln, i) })
+	}
+	defer func() { cancel(); wg.Wait() }()
+	for round := range 3 { // each port in turn, the slot freed in between
+		for _, ln := range []*net.TCPListener{lns[1], lns[0]} {
+			c := dialTCP(t, ln.Addr().String())
+			echoRound(t, c, "hello")
+			_ = c.Close()
+			waitUntil(t, 5*time.Second, "the pair closed", func() bool { return p.reg.count() == 0 })
+			_ = round
+		}
+	}
+}
+
+// TestListenNetworkIPv4Only: -address 0.0.0.0 also listened on [::].
+func TestListenNetworkIPv4Only(t *testing.T) {
+	for addr, want := range map[string]string{
+		"0.0.0.0": "tcp4", "127.0.0.1": "tcp4", "::": "tcp", "::1": "tcp6", "fe80::1": "tcp6",
+	} {
+		if got := listenNetwork(addr); got != want {
+			t.Errorf("listenNetwork(%q) = %q; want %q", addr, got, want)
+		}
+	}
+	if ln6, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Logf("no IPv6 loopback here (%v): the listener check is skipped", err)
+		return
+	} else {
+		_ = ln6.Close()
+	}
+	ln, err := net.Listen(listenNetwork("0.0.0.0"), "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if c, err := net.DialTimeout("tcp6", net.JoinHostPort("::1", itoa(port)), time.Second); err == nil {
+		_ = c.Close()
+		t.Fatalf("an IPv6 client reached a proxy told to listen on 0.0.0.0:%d", port)
+	}
+}
+
+// TestProxyDialErrorIsLogged: a dial that failed was logged as "no ready
+// container" while a container served, and one dial could use the whole
+// hold. The log says what failed, and the hold has room for retries.
+func TestProxyDialErrorIsLogged(t *testing.T) {
+	ln := listenLoopback(t)
+	dead := uint16(ln.Addr().(*net.TCPAddr).Port)
+	_ = ln.Close() // nothing listens: connection refused
+	route := newRouter()
+	route.store(newBackend("dead", mustAddr("127.0.0.1"), []portMap{{host: 1, container: dead}}))
+	var logs logBuffer
+	p := newProxy(route, []portMap{{host: 1, container: dead}}, 300*time.Millisecond, 0,
+		slog.New(slog.NewJSONHandler(&logs, nil)))
+	pln := listenLoopback(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.serve(ctx, pln, 0); close(done) }()
+	defer func() { cancel(); <-done }()
+	c := dialTCP(t, pln.Addr().String())
+	expectClosed(t, c, 5*time.Second)
+	line := logs.waitLog(t, 5*time.Second, "connection closed: not forwarded")
+	if err, _ := line["err"].(string); !strings.Contains(err, "connection refused") || !strings.Contains(err, "held") {
+		t.Errorf("log err = %q; want the dial's own error and the hold", err)
+	}
+	if d := dialTimeout(5 * time.Second); d >= 5*time.Second {
+		t.Errorf("one dial may take %v of a 5s hold: no room for a retry", d)
+	}
+}
+
+// TestProxyHeldDuringShutdown: on SIGTERM a held connection was reset at
+// once and logged as held for the whole hold. It now keeps waiting while
+// open connections may finish (a container may still come), and when the
+// proxy gives up on it, the log says so.
+func TestProxyHeldDuringShutdown(t *testing.T) {
+	srv := startLoopServer(t, echoConn)
+	var logs logBuffer
+	rig := startProxyRig(t, nil, 10*time.Second, 0, func(p *proxy) {
+		p.log = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	c := dialTCP(t, rig.addr)
+	waitUntil(t, 5*time.Second, "a held pair", func() bool { return rig.p.reg.count() == 1 })
+	_ = rig.ln.Close() // what the end of serve's context does
+	rig.route.store(srv.backend("late"))
+	echoRound(t, c, "served after all")
+
+	rig.route.store(nil)
+	rig2 := startProxyRig(t, nil, 10*time.Second, 0, func(p *proxy) {
+		p.log = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	d := dialTCP(t, rig2.addr)
+	waitUntil(t, 5*time.Second, "a held pair", func() bool { return rig2.p.reg.count() == 1 })
+	rig2.p.shutdown()
+	expectClosed(t, d, 2*time.Second)
+	line := logs.waitLog(t, 5*time.Second, "connection closed: not forwarded")
+	if err, _ := line["err"].(string); !strings.Contains(err, "shutting down") {
+		t.Errorf("log err = %q; want it to say the proxy is shutting down", err)
+	}
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// closeAtOnce closes the connection as soon as it is accepted, reading
+// nothing: net/http does this with a connection it accepts as it begins
+// to shut down. The client sees FIN, or a reset if its bytes came first.
+func closeAtOnce(c *net.TCPConn) {}
+
+// TestClosedUnread tells a server that closed before the client's bytes
+// reached it (they are reset, never queued) from one that half-closed or
+// read them.
+func TestClosedUnread(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		handle func(*net.TCPConn)
+		want   bool
+	}{
+		{"closed before the bytes came", closeAtOnce, true},
+		{"half-closed, still reading", func(c *net.TCPConn) { _ = c.CloseWrite(); _, _ = io.Copy(io.Discard, c) }, false},
+		{"read, then closed", readLineThenClose, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startLoopServer(t, tc.handle)
+			c := dialTCP(t, srv.ln.Addr().String())
+			if tc.want { // wait for the FIN before writing
+				if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+					t.Fatalf("read: %v; want EOF", err)
+				}
+			}
+			if _, err := io.WriteString(c, "hello\n"); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.want {
+				_, _ = c.Read(make([]byte, 1)) // the FIN, after the line was read
+			}
+			if got := closedUnread(c, 0, time.Now().Add(unreadWait)); got != tc.want {
+				t.Fatalf("closedUnread = %v; want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPairResendsWhatAClosingServerNeverRead: a server that closes a new
+// connection at once, before reading, as net/http does when it begins to
+// shut down, read nothing; the client's bytes go to the next container,
+// once, whether its FIN or its reset came first.
+func TestPairResendsWhatAClosingServerNeverRead(t *testing.T) {
+	for range 20 { // both orders of the race, most likely
+		closing := startLoopServer(t, closeAtOnce)
+		good := startLoopServer(t, taggedEcho("good"))
+		rig := startProxyRig(t, nil, 2*time.Second, 0)
+		c := dialTCP(t, rig.addr)
+		_, _ = io.WriteString(c, "hello\n") // queued while the connection is held
+		waitUntil(t, 5*time.Second, "a held pair", func() bool { return rig.p.reg.count() == 1 })
+		rig.route.store(closing.backend("closing"))
+		closing.waitAccepted(t)
+		rig.route.store(good.backend("good"))
+		b := make([]byte, 64)
+		n, err := io.ReadAtLeast(c, b, len("good hello\n"))
+		if err != nil || string(b[:n]) != "good hello\n" {
+			t.Fatalf("got %q, %v; want %q", b[:n], err, "good hello\n")
+		}
+		_ = c.Close()
+	}
+}
