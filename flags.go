@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -94,7 +95,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.Var(retireFlag{&cfg.retire}, "retire", "what happens to an old container: `rm` (removed), stop (stopped only), none (left running)")
 	fs.Var(durationFlag{&cfg.shutdown}, "shutdown_timeout", "on SIGTERM, how long open connections may take to finish before they are closed")
 	fs.IntVar(&cfg.maxConns, "max_conns", 0, "the most connections served at once; more wait in the kernel's backlog (0: no limit)")
-	fs.IntVar(&cfg.replayBytes, "replay_bytes", cfg.replayBytes, "a client's first bytes kept until the container answers, and sent again to the current container if it closes the connection unanswered (0: never)")
+	fs.IntVar(&cfg.replayBytes, "replay_bytes", cfg.replayBytes, "a client's first bytes kept until the container answers, and sent to another container only if the first one resets the connection before answering (0: never; at most 1 MiB)")
 	fs.Func("log_format", "log line `format`: text or json (default text)", func(s string) error {
 		if s != "text" && s != "json" {
 			return errors.New("want text or json")
@@ -136,6 +137,9 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 
 	fs.SetOutput(io.Discard) // errors are reported once, by the caller
 	fs.Usage = func() {}
+	if err := unknownEnv(fs, os.Environ()); err != nil {
+		return cfg, err
+	}
 	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(envPrefix)); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(out)
@@ -168,8 +172,8 @@ func (cfg config) check(rest []string) error {
 		return errors.New("missing -ports: want the ports to forward, e.g. -ports 80,443=3000")
 	case cfg.maxConns < 0:
 		return fmt.Errorf("-max_conns %d: want 0 (no limit) or more", cfg.maxConns)
-	case cfg.replayBytes < 0:
-		return fmt.Errorf("-replay_bytes %d: want 0 (never) or more", cfg.replayBytes)
+	case cfg.replayBytes < 0 || cfg.replayBytes > maxReplayBytes:
+		return fmt.Errorf("-replay_bytes %d: want 0 (never) to %d (1 MiB)", cfg.replayBytes, maxReplayBytes)
 	case cfg.statusURL.port != 0 && cfg.statusPort != 0:
 		return errors.New("-status_url and -status_port both set: want one way to tell readiness")
 	case (cfg.dockerTLS.cert == "") != (cfg.dockerTLS.key == ""):
@@ -192,6 +196,28 @@ func (cfg config) check(rest []string) error {
 		if _, _, err := net.SplitHostPort(cfg.metricsAddr); err != nil {
 			return fmt.Errorf("invalid value %q for flag -metrics_address: want host:port, like 127.0.0.1:9100", cfg.metricsAddr)
 		}
+	}
+	return nil
+}
+
+// unknownEnv refuses a DOCKER_PROXY_ variable that sets no flag: a typo
+// (DOCKER_PROXY_STATUSURL) would otherwise run the proxy without the
+// setting, silently.
+func unknownEnv(fs *flag.FlagSet, environ []string) error {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[envVar(f.Name)] = true })
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, envPrefix+"_") || known[name] {
+			continue
+		}
+		squash := func(s string) string { return strings.ReplaceAll(s, "_", "") }
+		for k := range known {
+			if squash(k) == squash(name) {
+				return fmt.Errorf("unknown environment variable %s: did you mean %s?", name, k)
+			}
+		}
+		return fmt.Errorf("unknown environment variable %s: no flag is set by it (see -h for the %s_* variables)", name, envPrefix)
 	}
 	return nil
 }

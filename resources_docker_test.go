@@ -123,10 +123,10 @@ func raiseFDLimit(t testing.TB, n uint64) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	if lim.Max < n {
+	if uint64(lim.Max) < n {
 		t.Fatalf("hard fd limit %d is below the %d the test needs", lim.Max, n)
 	}
-	if lim.Cur >= n {
+	if uint64(lim.Cur) >= n {
 		return
 	}
 	old := lim

@@ -10,6 +10,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -69,10 +70,21 @@ func TestSystemdUnit(t *testing.T) {
 		}
 		return v[0]
 	}
-	for _, key := range []string{"After", "Requires"} {
-		if !slices.Contains(strings.Fields(one("Unit", key)), "docker.service") {
+	for _, key := range []string{"After", "Wants"} {
+		if !slices.Contains(strings.Fields(strings.Join(unit["Unit"][key], " ")), "docker.service") {
 			t.Errorf("[Unit] %s does not name docker.service", key)
 		}
+	}
+	// Requires= (or BindsTo=) would stop the proxy with every
+	// systemctl restart docker, and with it every connection that
+	// live-restore keeps.
+	for _, key := range []string{"Requires", "BindsTo", "PartOf"} {
+		if slices.Contains(strings.Fields(strings.Join(unit["Unit"][key], " ")), "docker.service") {
+			t.Errorf("[Unit] %s=docker.service: a restart of Docker would restart the proxy", key)
+		}
+	}
+	if n, err := strconv.Atoi(one("Service", "LimitNOFILE")); err != nil || n < 1<<20 {
+		t.Errorf("LimitNOFILE %q; want at least 1048576 (two per connection)", unit["Service"]["LimitNOFILE"])
 	}
 	exec := strings.Fields(one("Service", "ExecStart"))
 	if len(exec) == 0 || exec[0] != "/usr/local/bin/docker-proxy" {

@@ -144,13 +144,13 @@ func zeroDowntimeConfig(tag string) config {
 
 // TestDockerSoak deploys again and again under load: zero failed requests,
 // and after each deploy exactly one container of the tag. make test runs 3
-// deploys in each mode; make soak runs DOCKER_PROXY_SOAK_DEPLOYS (20).
+// deploys in each mode; make soak runs SOAK_DEPLOYS (20).
 func TestDockerSoak(t *testing.T) {
 	deploys := 3
-	if s := os.Getenv("DOCKER_PROXY_SOAK_DEPLOYS"); s != "" {
+	if s := os.Getenv("SOAK_DEPLOYS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			t.Fatalf("DOCKER_PROXY_SOAK_DEPLOYS=%q: want a count", s)
+			t.Fatalf("SOAK_DEPLOYS=%q: want a count", s)
 		}
 		deploys = n
 	}
