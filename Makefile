@@ -7,7 +7,7 @@ GOFLAGS_BUILD := -trimpath
 PREFIX   ?= /usr/local
 COMMIT   := $(shell git rev-parse --short HEAD 2>/dev/null)
 
-.PHONY: build test image demo lint bench bench-quick gobench soak fuzz install clean
+.PHONY: build test image demo lint portable bench bench-quick gobench soak fuzz install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-X main.commit=$(COMMIT)" -o $(BIN) .
@@ -31,13 +31,21 @@ lint:
 # The long soak: 20 deploys under load, with -drain off and on; prints the
 # counts. (make test runs the same test with 3 deploys.)
 soak:
-	@mkdir -p bin; DOCKER_PROXY_SOAK_DEPLOYS=20 $(GO) test -race -count=1 -timeout 30m -run '^TestDockerSoak$$' -v . >bin/soak.log 2>&1; \
+	@mkdir -p bin; SOAK_DEPLOYS=20 $(GO) test -race -count=1 -timeout 30m -run '^TestDockerSoak$$' -v . >bin/soak.log 2>&1; \
 		status=$$?; grep -E 'deploys|^(---|ok|FAIL)' bin/soak.log; exit $$status
 
-# Short fuzz runs of the input parsers (the seed corpus runs in make test).
+# Short fuzz runs of the input parsers and of the connection path (the
+# seed corpora run in make test).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePorts$$' -fuzztime 5s .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStatusURL$$' -fuzztime 5s .
+	$(GO) test -run '^$$' -fuzz '^FuzzPair$$' -fuzztime 30s .
+
+# The proxy (and its tests) build and vet on the systems
+# without splice (the copy path falls back to plain reads and writes).
+portable:
+	GOOS=darwin $(GO) vet . ./internal/...
+	GOOS=freebsd $(GO) vet . ./internal/...
 
 # Installs into $(PREFIX)/bin, refusing any place where dockerd would take
 # it for its own userland proxy (see scripts/install.sh).

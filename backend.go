@@ -19,7 +19,7 @@ type backend struct {
 	dials []string   // "IP:port" to dial for each listener, by index
 
 	mu     sync.Mutex
-	reg    *conns // the registry its pairs are in; set by the first
+	reg    *conns // the registry its pairs are in, once it carries one
 	n      int    // pairs it carries
 	sealed bool   // no pair may join (superseded, or retired)
 	idle   chan struct{}
@@ -68,7 +68,12 @@ func (b *backend) leave() {
 // connection it forwards to b. For tests of the deploy rule, which have
 // no proxy.
 func (b *backend) track(p *pair) bool {
-	reg := newConns()
+	b.mu.Lock()
+	reg := b.reg
+	b.mu.Unlock()
+	if reg == nil {
+		reg = newConns()
+	}
 	reg.add(p)
 	if !reg.assign(p, b, nil) {
 		reg.remove(p)
