@@ -42,18 +42,32 @@ func sendUrgent(t testing.TB, c *net.TCPConn, b byte) {
 // delivers them, and the pair closes at EOF.
 func TestPairUrgentByteDoesNotStall(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		pause bool // the urgent byte is the last one queued for a while
+		name    string
+		pause   bool // the urgent byte is the last one queued for a while
+		backlog int  // bytes sent just before it, to be spliced
 	}{
-		{"in a burst", false},
-		{"alone in the queue", true},
+		{"in a burst", false, 0},
+		{"alone in the queue", true, 0},
+		{"in a spliced backlog", false, 1 << 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startLoopServer(t, echoConn)
 			rig := startProxyRig(t, srv.backend("a"), 0, 0)
 			c := dialTCP(t, rig.addr)
-			echoRound(t, c, "abc") // answered: committed, spliced
+			echoRound(t, c, "abc") // answered: committed
+			backlog := bytes.Repeat([]byte{'b'}, tc.backlog)
+			echoed := make(chan error, 1)
+			go func() { // the echo of the backlog, read while it is sent
+				_, err := io.ReadFull(c, make([]byte, tc.backlog))
+				echoed <- err
+			}()
+			if _, err := c.Write(backlog); err != nil {
+				t.Fatal(err)
+			}
 			sendUrgent(t, c, '!')
+			if err := <-echoed; err != nil {
+				t.Fatalf("the backlog's echo: %v", err)
+			}
 			if tc.pause {
 				expectSilent(t, c, 100*time.Millisecond)
 			}

@@ -112,11 +112,11 @@ func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logge
 	network := listenNetwork(cfg.address)
 	for _, p := range cfg.ports {
 		addr := net.JoinHostPort(cfg.address, strconv.Itoa(int(p.host)))
-		ln, err := net.Listen(network, addr)
+		ln, err := listenTCP(network, addr)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
-		lns = append(lns, ln.(*net.TCPListener))
+		lns = append(lns, ln)
 	}
 	return serve(ctx, abort, cfg, docker, lns, log)
 }
