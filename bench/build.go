@@ -55,17 +55,26 @@ func buildImage(ctx context.Context, dir, tag string) error {
 // ensureHAProxy reports whether haproxy is on PATH, installing Debian's
 // package when it is not. Without it the run goes on without HAProxy.
 func ensureHAProxy(ctx context.Context) bool {
-	if _, err := exec.LookPath("haproxy"); err == nil {
+	return aptEnsure(ctx, "HAProxy", "haproxy", func() bool {
+		_, err := exec.LookPath("haproxy")
+		return err == nil
+	})
+}
+
+// aptEnsure reports whether have, installing Debian's pkgs first when it
+// does not. Without them the run goes on without what, and says so.
+func aptEnsure(ctx context.Context, what, pkgs string, have func() bool) bool {
+	if have() {
 		return true
 	}
-	step("haproxy is not installed: apt-get update && apt-get install -y haproxy")
+	step("%s is not installed: apt-get update && apt-get install -y %s", what, pkgs)
 	// A fresh machine has no package lists yet: update first.
-	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && apt-get install -y -qq haproxy")
+	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && apt-get install -y -qq "+pkgs)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	out, err := cmd.CombinedOutput()
-	if _, lerr := exec.LookPath("haproxy"); err != nil || lerr != nil {
+	if err != nil || !have() {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		fmt.Printf("   could not install haproxy (%v): %s\n   going on without HAProxy\n", err, lines[len(lines)-1])
+		fmt.Printf("   could not install %s (%v): %s\n   going on without %s\n", pkgs, err, lines[len(lines)-1], what)
 		return false
 	}
 	return true
