@@ -1,7 +1,7 @@
 // Bench measures docker-proxy against the real Docker daemon, side by side
 // with what users would otherwise run: a direct connection to the
-// container, HAProxy in TCP mode with and without splice, and a bare Go
-// io.Copy proxy (the floor of what Go costs). It builds a backend image
+// container, HAProxy in TCP mode with and without splice, nginx's stream
+// module, and a bare Go io.Copy proxy (the floor of what Go costs). It builds a backend image
 // FROM scratch, starts one container of it, runs every proxy as its own
 // process (so that /proc gives each one's CPU, memory and descriptors),
 // measures the targets alternately, and prints one table of medians.
