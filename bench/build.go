@@ -61,17 +61,25 @@ func ensureHAProxy(ctx context.Context) bool {
 	})
 }
 
+// aptUpdated: this run has run apt-get update already (for HAProxy).
+var aptUpdated bool
+
 // aptEnsure reports whether have, installing Debian's pkgs first when it
 // does not. Without them the run goes on without what, and says so.
 func aptEnsure(ctx context.Context, what, pkgs string, have func() bool) bool {
 	if have() {
 		return true
 	}
-	step("%s is not installed: apt-get update && apt-get install -y %s", what, pkgs)
-	// A fresh machine has no package lists yet: update first.
-	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && apt-get install -y -qq "+pkgs)
+	// A fresh machine has no package lists yet: update first, once a run.
+	sh := "apt-get install -y -qq " + pkgs
+	if !aptUpdated {
+		sh = "apt-get update -qq && " + sh
+	}
+	step("%s is not installed: %s", what, strings.ReplaceAll(sh, " -qq", ""))
+	cmd := exec.CommandContext(ctx, "sh", "-c", sh)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	out, err := cmd.CombinedOutput()
+	aptUpdated = true // had it failed, it would fail again
 	if err != nil || !have() {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		fmt.Printf("   could not install %s (%v): %s\n   going on without %s\n", pkgs, err, lines[len(lines)-1], what)
