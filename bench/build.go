@@ -80,9 +80,15 @@ func aptEnsure(ctx context.Context, what, pkgs string, have func() bool) bool {
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	out, err := cmd.CombinedOutput()
 	aptUpdated = true // had it failed, it would fail again
-	if err != nil || !have() {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		fmt.Printf("   could not install %s (%v): %s\n   going on without %s\n", pkgs, err, lines[len(lines)-1], what)
+	if err == nil && !have() {
+		err = errors.New("installed, but still missing")
+	}
+	if err != nil {
+		msg := ""
+		if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); lines[len(lines)-1] != "" {
+			msg = ": " + lines[len(lines)-1]
+		}
+		fmt.Printf("   could not install %s (%v)%s\n   going on without %s\n", pkgs, err, msg, what)
 		return false
 	}
 	return true
