@@ -56,7 +56,8 @@ clean:
 	rm -rf bin
 
 # Benchmarks against the real daemon: docker-proxy beside a direct
-# connection, HAProxy and a bare Go splice proxy (see bench/).
+# connection, HAProxy, nginx's stream module and a bare Go splice proxy
+# (see bench/).
 bench:
 	$(GO) run ./bench
 

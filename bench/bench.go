@@ -83,6 +83,7 @@ func (b *bench) main(ctx context.Context) error {
 		return err
 	}
 	haproxyOK := ensureHAProxy(ctx)
+	nginxOK := ensureNginx(ctx)
 
 	step("build the backend image %s FROM scratch and start one container", b.tag)
 	if err := buildImage(ctx, ctxDir, b.tag); err != nil {
@@ -102,7 +103,7 @@ func (b *bench) main(ctx context.Context) error {
 	}
 	b.targets = append(b.targets, direct)
 
-	step("start docker-proxy, HAProxy (plain and splice) and the bare Go proxy")
+	step("start docker-proxy, HAProxy (plain and splice), nginx stream and the bare Go proxy")
 	dp, err := b.startDockerProxy(ctx, tDP, proxyBin, b.o.proxyEnv)
 	if err != nil {
 		return err
@@ -122,6 +123,14 @@ func (b *bench) main(ctx context.Context) error {
 				fmt.Println("   HAProxy did not start, going on without it:", err)
 				continue
 			}
+			b.targets = append(b.targets, t)
+		}
+	}
+	if nginxOK {
+		t, err := b.startNginx(ctx)
+		if err != nil {
+			fmt.Println("   nginx did not start, going on without it:", err)
+		} else {
 			b.targets = append(b.targets, t)
 		}
 	}

@@ -55,17 +55,40 @@ func buildImage(ctx context.Context, dir, tag string) error {
 // ensureHAProxy reports whether haproxy is on PATH, installing Debian's
 // package when it is not. Without it the run goes on without HAProxy.
 func ensureHAProxy(ctx context.Context) bool {
-	if _, err := exec.LookPath("haproxy"); err == nil {
+	return aptEnsure(ctx, "HAProxy", "haproxy", func() bool {
+		_, err := exec.LookPath("haproxy")
+		return err == nil
+	})
+}
+
+// aptUpdated: this run has run apt-get update already (for HAProxy).
+var aptUpdated bool
+
+// aptEnsure reports whether have, installing Debian's pkgs first when it
+// does not. Without them the run goes on without what, and says so.
+func aptEnsure(ctx context.Context, what, pkgs string, have func() bool) bool {
+	if have() {
 		return true
 	}
-	step("haproxy is not installed: apt-get update && apt-get install -y haproxy")
-	// A fresh machine has no package lists yet: update first.
-	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && apt-get install -y -qq haproxy")
+	// A fresh machine has no package lists yet: update first, once a run.
+	sh := "apt-get install -y -qq " + pkgs
+	if !aptUpdated {
+		sh = "apt-get update -qq && " + sh
+	}
+	step("%s is not installed: %s", what, strings.ReplaceAll(sh, " -qq", ""))
+	cmd := exec.CommandContext(ctx, "sh", "-c", sh)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	out, err := cmd.CombinedOutput()
-	if _, lerr := exec.LookPath("haproxy"); err != nil || lerr != nil {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		fmt.Printf("   could not install haproxy (%v): %s\n   going on without HAProxy\n", err, lines[len(lines)-1])
+	aptUpdated = true // had it failed, it would fail again
+	if err == nil && !have() {
+		err = errors.New("installed, but still missing")
+	}
+	if err != nil {
+		msg := ""
+		if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); lines[len(lines)-1] != "" {
+			msg = ": " + lines[len(lines)-1]
+		}
+		fmt.Printf("   could not install %s (%v)%s\n   going on without %s\n", pkgs, err, msg, what)
 		return false
 	}
 	return true

@@ -1,9 +1,10 @@
 // Bench measures docker-proxy against the real Docker daemon, side by side
 // with what users would otherwise run: a direct connection to the
-// container, HAProxy in TCP mode with and without splice, and a bare Go
-// io.Copy proxy (the floor of what Go costs). It builds a backend image
-// FROM scratch, starts one container of it, runs every proxy as its own
-// process (so that /proc gives each one's CPU, memory and descriptors),
+// container, HAProxy in TCP mode with and without splice, nginx's stream
+// module, and a bare Go io.Copy proxy (the floor of what Go costs). It
+// builds a backend image FROM scratch, starts one container of it, runs
+// every proxy as its own process (or process tree: nginx's master and
+// workers), so that /proc gives each one's CPU, memory and descriptors,
 // measures the targets alternately, and prints one table of medians.
 //
 //	go run ./bench          # full run, under 5 minutes

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,9 +21,11 @@ type proc struct {
 	env  []string
 	bin  string
 	args []string
-	cmd  *exec.Cmd
-	out  *os.File // stdout and stderr, in the temp dir
-	done chan struct{}
+	// pidns: the first process of a PID namespace of its own (startTree)
+	pidns bool
+	cmd   *exec.Cmd
+	out   *os.File // stdout and stderr, in the temp dir
+	done  chan struct{}
 }
 
 // start runs bin with args as a named subprocess, its output going to
@@ -33,19 +36,41 @@ func (b *bench) start(name, bin string, args ...string) (*proc, error) {
 
 // startEnv is start with env added to the environment.
 func (b *bench) startEnv(name string, env []string, bin string, args ...string) (*proc, error) {
-	out, err := os.CreateTemp(b.tmp, name+"-*.log")
+	return b.startProc(&proc{name: name, env: env, bin: bin, args: args})
+}
+
+// startTree is start for a proxy that forks workers (nginx): it runs as the
+// first process of a PID namespace of its own where the system allows one,
+// so that when it dies (SIGKILL included, from Pdeathsig when the
+// benchmark crashes) the kernel kills its workers too. Without a
+// namespace, stop still kills the whole process group.
+func (b *bench) startTree(name, bin string, args ...string) (*proc, error) {
+	p, err := b.startProc(&proc{name: name, bin: bin, args: args, pidns: true})
+	if err != nil {
+		p, err = b.startProc(&proc{name: name, bin: bin, args: args})
+	}
+	return p, err
+}
+
+// startProc starts the command p describes and fills in the rest of p.
+func (b *bench) startProc(p *proc) (*proc, error) {
+	out, err := os.CreateTemp(b.tmp, p.name+"-*.log")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if p.pidns {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
 	if err := cmd.Start(); err != nil {
 		_ = out.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		_ = os.Remove(out.Name())
+		return nil, fmt.Errorf("start %s: %w", p.name, err)
 	}
-	p := &proc{name: name, env: env, bin: bin, args: args, cmd: cmd, out: out, done: make(chan struct{})}
+	p.cmd, p.out, p.done = cmd, out, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	b.mu.Lock()
 	b.procs = append(b.procs, p)
@@ -63,7 +88,7 @@ func (b *bench) restart(ctx context.Context, t *target) error {
 	b.mu.Lock()
 	b.procs = slices.DeleteFunc(b.procs, func(p *proc) bool { return p == old })
 	b.mu.Unlock()
-	p, err := b.startEnv(old.name, old.env, old.bin, old.args...)
+	p, err := b.startProc(&proc{name: old.name, env: old.env, bin: old.bin, args: old.args, pidns: old.pidns})
 	if err != nil {
 		return err
 	}
@@ -105,7 +130,35 @@ func (p *proc) logTail() string {
 }
 
 // The /proc figures. A pid of 0 is the direct target, which has no proxy
-// process: every figure is 0.
+// process: every figure is 0. Each figure is summed over the process and
+// its descendants (nginx's master and workers), so a proxy that forks is
+// measured whole; for the proxies that do not fork (docker-proxy, HAProxy
+// with -db, the bare Go proxy) the tree is the one process and the figure
+// is that process's own.
+
+// tree is pid and its descendants, from /proc/PID/task/TID/children (the
+// children each thread forked), parents first.
+func tree(pid int) []int {
+	if pid == 0 {
+		return nil
+	}
+	pids := []int{pid}
+	for i := 0; i < len(pids) && i < 1000; i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pids[i]))
+		for _, tk := range tasks {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pids[i], tk.Name()))
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(data)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					pids = append(pids, c)
+				}
+			}
+		}
+	}
+	return pids
+}
 
 var clockTick = func() float64 {
 	out, err := exec.Command("getconf", "CLK_TCK").Output()
@@ -118,45 +171,55 @@ var clockTick = func() float64 {
 	return 100
 }()
 
-// cpuTime is the process's user+system CPU time, all threads included
-// (utime and stime of /proc/PID/stat).
+// cpuTime is the user+system CPU time of pid's tree, all threads included:
+// utime and stime of /proc/PID/stat of each process, plus cutime and
+// cstime, the time of children that ended and were waited for (a worker
+// that exited during a window still counts; a process that never forks
+// has none).
 func cpuTime(pid int) time.Duration {
-	if pid == 0 {
-		return 0
+	var ticks float64
+	for _, p := range tree(pid) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// The command name may hold spaces: fields start after the last ')'.
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		for _, k := range f[11:15] { // utime stime cutime cstime
+			var v float64
+			fmt.Sscan(k, &v)
+			ticks += v
+		}
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The command name may hold spaces: fields start after the last ')'.
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	var ut, st float64
-	fmt.Sscan(f[11], &ut)
-	fmt.Sscan(f[12], &st)
-	return time.Duration((ut + st) / clockTick * float64(time.Second))
+	return time.Duration(ticks / clockTick * float64(time.Second))
 }
 
-// rssKiB is VmRSS from /proc/PID/status.
+// rssKiB is VmRSS from /proc/PID/status, summed over pid's tree. Pages the
+// processes share (nginx's workers and master after fork) count once per
+// process; the table's figures are growths, which are the workers' own.
 func rssKiB(pid int) float64 {
-	if pid == 0 {
-		return 0
+	var kib float64
+	for _, p := range tree(pid) {
+		kib += fieldKiB(fmt.Sprintf("/proc/%d/status", p), "VmRSS:")
 	}
-	return fieldKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:")
+	return kib
 }
 
-// fdCount is the number of open descriptors of the process.
+// fdCount is the number of open descriptors of pid's tree (a descriptor
+// that several of its processes hold, such as nginx's listeners, counts
+// once per process).
 func fdCount(pid int) int {
-	if pid == 0 {
-		return 0
+	n := 0
+	for _, p := range tree(pid) {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
+		if err == nil {
+			n += len(ents)
+		}
 	}
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return 0
-	}
-	return len(ents)
+	return n
 }
 
 // kernelKiB is the kernel's own memory that grows with sockets and pipes:

@@ -14,9 +14,10 @@ import (
 // profile shows where the proxies spend their time, in a run of its own
 // (tracing distorts what it watches, so it never runs with the table):
 // strace -c of docker-proxy over a bulk transfer, to confirm that splice
-// moves the bytes; then, for every proxy, strace -c over a connection-rate
-// run (system calls per connection) and perf over another (kernel against
-// user time, and docker-proxy's hottest symbols), where perf works.
+// moves the bytes; then, for every proxy (all its processes: nginx's
+// master and workers), strace -c over a connection-rate run (system calls
+// per connection) and perf over another (kernel against user time, and
+// docker-proxy's hottest symbols), where perf works.
 func (b *bench) profile(ctx context.Context, dp *target) {
 	fmt.Println()
 	_, errStrace := exec.LookPath("strace")
@@ -36,9 +37,13 @@ func (b *bench) profile(ctx context.Context, dp *target) {
 			continue
 		}
 		if errStrace == nil {
-			step("strace -f -c %s (pid %d): connection rate for 2s", t.name, t.pid())
+			step("strace -f -c %s (pid %s): connection rate for 2s", t.name, treePids(t.pid()))
 			var r rateResult
-			out := traced(ctx, []string{"strace", "-f", "-c", "-p", fmt.Sprint(t.pid())}, func() {
+			argv := []string{"strace", "-f", "-c"}
+			for _, p := range tree(t.pid()) {
+				argv = append(argv, "-p", fmt.Sprint(p))
+			}
+			out := traced(ctx, argv, func() {
 				r, _ = runRate(ctx, t.echo, 2*time.Second, 0)
 			})
 			out = from(out, "% time")
@@ -56,9 +61,10 @@ func (b *bench) profile(ctx context.Context, dp *target) {
 // perf samples t during a connection-rate run and prints kernel against
 // user time, and for docker-proxy the hottest symbols.
 func (b *bench) perf(ctx context.Context, t *target) {
-	step("perf record %s (pid %d): connection rate for 3s", t.name, t.pid())
+	pids := treePids(t.pid())
+	step("perf record %s (pid %s): connection rate for 3s", t.name, pids)
 	data := filepath.Join(b.tmp, "perf-"+t.name+".data")
-	out := traced(ctx, []string{"perf", "record", "-F", "999", "-g", "-o", data, "-p", fmt.Sprint(t.pid())}, func() {
+	out := traced(ctx, []string{"perf", "record", "-F", "999", "-g", "-o", data, "-p", pids}, func() {
 		_, _ = runRate(ctx, t.echo, 3*time.Second, 0)
 	})
 	dso, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
@@ -76,6 +82,16 @@ func (b *bench) perf(ctx context.Context, t *target) {
 	if err == nil {
 		fmt.Println(top(string(sym), 30))
 	}
+}
+
+// treePids is pid and its descendants (nginx's workers), comma-separated:
+// the proxy whole, for strace and perf.
+func treePids(pid int) string {
+	var s []string
+	for _, p := range tree(pid) {
+		s = append(s, fmt.Sprint(p))
+	}
+	return strings.Join(s, ",")
 }
 
 // traced runs load while the tracer watches, then stops the tracer with

@@ -81,8 +81,8 @@ func (b *bench) value(r row, target string) float64 {
 func (b *bench) printTable(out io.Writer) {
 	host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Fprintf(out, "docker-proxy benchmark, %s\n", time.Now().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(out, "machine: %d cores (nproc), kernel %s, %s, %s, docker %s\n",
-		runtime.NumCPU(), strings.TrimSpace(string(host)), runtime.Version(), haproxyVersion(), dockerVersion())
+	fmt.Fprintf(out, "machine: %d cores (nproc), kernel %s, %s, %s, %s, docker %s\n",
+		runtime.NumCPU(), strings.TrimSpace(string(host)), runtime.Version(), haproxyVersion(), nginxVersion(), dockerVersion())
 	fmt.Fprintf(out, "command: %s\n", command())
 	if b.o.proxyBin != "" || len(b.o.proxyEnv) > 0 {
 		fmt.Fprintf(out, "docker-proxy: %s %s\n", b.o.proxyBin, strings.Join(b.o.proxyEnv, " "))
@@ -130,9 +130,10 @@ func (b *bench) printTable(out io.Writer) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(out)
-	fmt.Fprintln(out, "notes: CPU is utime+stime of the proxy process from /proc/PID/stat; kernel memory is the growth of")
-	fmt.Fprintln(out, "Slab+KernelStack+PageTables in /proc/meminfo, system-wide (the direct figure is the client and server")
-	fmt.Fprintln(out, "sockets alone); RSS is VmRSS growth; \"-\" is not applicable.")
+	fmt.Fprintln(out, "notes: CPU is utime+stime of the proxy from /proc/PID/stat, RSS its VmRSS growth and fds its open")
+	fmt.Fprintln(out, "descriptors, each summed over the process and its children (nginx's master and workers; the other")
+	fmt.Fprintln(out, "proxies are one process); kernel memory is the growth of Slab+KernelStack+PageTables in /proc/meminfo,")
+	fmt.Fprintln(out, "system-wide (the direct figure is the client and server sockets alone); \"-\" is not applicable.")
 	for _, n := range b.res.notes {
 		fmt.Fprintln(out, "note:", n)
 	}

@@ -17,10 +17,11 @@ const (
 	tAlt     = "dp-alt" // -alt_bin, for comparing a change in the same run
 	tHA      = "haproxy"
 	tHASplic = "haproxy+splice"
+	tNginx   = "nginx" // nginx's stream module
 	tBare    = "bare-go"
 )
 
-var targetOrder = []string{tDirect, tDP, tAlt, tHA, tHASplic, tBare}
+var targetOrder = []string{tDirect, tDP, tAlt, tHA, tHASplic, tNginx, tBare}
 
 // target is one way to reach the backend: its addresses for each backend
 // port, and the proxy process in between (nil for direct).
