@@ -159,6 +159,14 @@ func (r *router) store(b *backend) {
 	r.changed = make(chan struct{})
 }
 
+// poke wakes every waiter without a change, so that they look again.
+func (r *router) poke() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
 // wait blocks until the backend is no longer old, or until timer fires or
 // ctx ends; it reports whether the backend changed.
 func (r *router) wait(ctx context.Context, old *backend, timer <-chan time.Time) bool {
@@ -171,7 +179,7 @@ func (r *router) wait(ctx context.Context, old *backend, timer <-chan time.Time)
 	}
 	select {
 	case <-changed:
-		return true
+		return r.cur.Load() != old
 	case <-timer:
 		return false
 	case <-ctx.Done():

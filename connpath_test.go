@@ -6,14 +6,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,54 +117,144 @@ func TestPairServerHalfClosesFirst(t *testing.T) {
 	}
 }
 
-// TestPairLargeReplayNoDeadlock: with -replay_bytes at its cap, a client
-// that sends a lot before reading, to a server that answers as it reads,
-// deadlocked: the client side wrote to the server holding the lock the
-// server side needed. Now every byte comes back.
+// TestPairLargeReplayNoDeadlock: a large -replay_bytes deadlocked a pair:
+// the client side wrote to the server holding the lock that the server
+// side needed to pass on the server's first byte. A server that greets
+// first and reads only once its greeting arrived shows it: its socket
+// buffer fills, the write blocks, and the greeting never came.
 func TestPairLargeReplayNoDeadlock(t *testing.T) {
-	srv := startLoopServer(t, echoConn)
-	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = maxReplayBytes })
+	const size = 48 << 20 // more than the loopback socket buffers hold
+	greeted := make(chan struct{})
+	got := make(chan int64, 1)
+	srv := startLoopServer(t, func(c *net.TCPConn) {
+		_, _ = io.WriteString(c, "hello\n")
+		<-greeted
+		n, _ := io.Copy(io.Discard, c)
+		got <- n
+	})
+	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = 64 << 20 })
 	c := dialTCP(t, rig.addr)
-	msg := make([]byte, maxReplayBytes-1)
-	_, _ = rand.Read(msg)
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	werr := make(chan error, 1)
 	go func() {
-		_, err := c.Write(msg)
+		_, err := c.Write(make([]byte, size))
 		_ = c.CloseWrite()
 		werr <- err
 	}()
-	got, err := io.ReadAll(c)
-	if err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("echo: %d bytes back, %v; want %d bytes", len(got), err, len(msg))
+	if _, err := io.ReadFull(c, make([]byte, len("hello\n"))); err != nil {
+		t.Fatalf("the greeting never came while the client sent %d MiB: %v", size>>20, err)
 	}
+	close(greeted)
 	if err := <-werr; err != nil {
 		t.Fatalf("write: %v", err)
+	}
+	if n := <-got; n != size {
+		t.Fatalf("the server read %d bytes; want %d", n, size)
+	}
+}
+
+// TestPairStaleResetNoteIgnored: a reset that the client side's write read
+// on an earlier connection (the note came after the move) must not turn a
+// later FIN into a resend.
+func TestPairStaleResetNoteIgnored(t *testing.T) {
+	acted := make(chan string, 2)
+	closeNow := make(chan struct{})
+	first := startLoopServer(t, resetAtOnce)
+	second := startLoopServer(t, func(c *net.TCPConn) {
+		line := make([]byte, len("charge 10\n"))
+		if _, err := io.ReadFull(c, line); err == nil {
+			acted <- string(line)
+		}
+		<-closeNow // all read: the close is a FIN
+	})
+	third := startLoopServer(t, func(c *net.TCPConn) {
+		if b, _ := io.ReadAll(c); len(b) > 0 {
+			acted <- "third: " + string(b)
+		}
+	})
+	rig := startProxyRig(t, first.backend("first"), 2*time.Second, 0)
+	c := dialTCP(t, rig.addr)
+	_, _ = io.WriteString(c, "charge 10\n")
+	first.waitAccepted(t)
+	rig.route.store(second.backend("second")) // reset: moved to the second
+	if got := <-acted; got != "charge 10\n" {
+		t.Fatalf("second read %q", got)
+	}
+	rig.p.reg.mu.Lock()
+	pr := rig.p.reg.head
+	rig.p.reg.mu.Unlock()
+	pr.noteReset(&net.TCPConn{}) // the first connection's reset, noted late
+	rig.route.store(third.backend("third"))
+	close(closeNow)
+	expectClosed(t, c, 5*time.Second)
+	third.mu.Lock()
+	n := third.accepted
+	third.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("after the second server read the request and sent FIN, it was resent to a third (%d connections)", n)
+	}
+}
+
+// readNeverAnswer reads everything and never answers, so the proxy keeps
+// what each client sent; it counts what it read in total.
+func readNeverAnswer(total *atomic.Int64) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			total.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
 	}
 }
 
 // TestPairReplayBudget: the kept bytes of all connections together stay
-// under replayBudget; a connection past it keeps nothing, and still works.
+// under replayBudget, in memory too; a connection past it keeps nothing,
+// and still works.
 func TestPairReplayBudget(t *testing.T) {
-	held := make(chan *net.TCPConn, 200)
-	srv := startLoopServer(t, func(c *net.TCPConn) { // read, never answer
-		held <- c
-		_, _ = io.Copy(io.Discard, c)
-	})
+	var read atomic.Int64
+	srv := startLoopServer(t, readNeverAnswer(&read))
 	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = maxReplayBytes })
-	over := replayBudget/maxReplayBytes + 8
-	for range over {
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	const clients = replayBudget/maxReplayBytes + 32
+	msg := make([]byte, maxReplayBytes-1)
+	for range clients {
+		c := dialTCP(t, rig.addr)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 20*time.Second, "every byte at the server", func() bool { return read.Load() == int64(clients*len(msg)) })
+	if k := rig.p.kept.Load(); k > replayBudget || k < replayBudget-maxReplayBytes {
+		t.Fatalf("kept %d bytes; want the budget, %d, nearly spent and never passed", k, replayBudget)
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > replayBudget+16<<20 {
+		t.Fatalf("the heap grew by %d MiB for %d clients of 1 MiB; the budget is %d MiB", grown>>20, clients, replayBudget>>20)
+	}
+}
+
+// TestPairReplayBudgetNotPinned: a connection is charged for the buffer
+// that holds what its client sent, not for -replay_bytes, so clients of
+// one byte each cannot spend the budget and turn resends off for all.
+func TestPairReplayBudgetNotPinned(t *testing.T) {
+	var read atomic.Int64
+	srv := startLoopServer(t, readNeverAnswer(&read))
+	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = maxReplayBytes })
+	const clients = 200
+	for range clients {
 		c := dialTCP(t, rig.addr)
 		if _, err := io.WriteString(c, "x"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, 10*time.Second, "every connection at the server", func() bool { return len(held) == over })
-	waitUntil(t, 5*time.Second, "every first byte kept or not", func() bool {
-		return rig.p.kept.Load() == replayBudget
-	})
-	if k := rig.p.kept.Load(); k > replayBudget {
-		t.Fatalf("kept %d bytes; budget %d", k, replayBudget)
-	}
+	waitUntil(t, 10*time.Second, "every byte kept", func() bool { return rig.p.kept.Load() == clients*keptMin })
 }
 
 // TestProxyShutdownClosesEveryPair: after a failed replay a pair belonged
@@ -283,29 +374,52 @@ func TestProxyDialErrorIsLogged(t *testing.T) {
 }
 
 // TestProxyHeldDuringShutdown: on SIGTERM a held connection was reset at
-// once and logged as held for the whole hold. It now keeps waiting while
-// open connections may finish (a container may still come), and when the
-// proxy gives up on it, the log says so.
+// once and logged as held for the whole hold. Now one whose dial failed
+// while a container serves keeps retrying while open connections may
+// finish (the container may be restarting); one with no container to wait
+// for ends at once, since the deployer has stopped; and the log says why.
 func TestProxyHeldDuringShutdown(t *testing.T) {
-	srv := startLoopServer(t, echoConn)
 	var logs logBuffer
-	rig := startProxyRig(t, nil, 10*time.Second, 0, func(p *proxy) {
-		p.log = slog.New(slog.NewJSONHandler(&logs, nil))
-	})
-	c := dialTCP(t, rig.addr)
-	waitUntil(t, 5*time.Second, "a held pair", func() bool { return rig.p.reg.count() == 1 })
-	_ = rig.ln.Close() // what the end of serve's context does
-	rig.route.store(srv.backend("late"))
-	echoRound(t, c, "served after all")
+	log := func(p *proxy) { p.log = slog.New(slog.NewJSONHandler(&logs, nil)) }
 
-	rig.route.store(nil)
-	rig2 := startProxyRig(t, nil, 10*time.Second, 0, func(p *proxy) {
-		p.log = slog.New(slog.NewJSONHandler(&logs, nil))
-	})
-	d := dialTCP(t, rig2.addr)
-	waitUntil(t, 5*time.Second, "a held pair", func() bool { return rig2.p.reg.count() == 1 })
-	rig2.p.shutdown()
-	expectClosed(t, d, 2*time.Second)
+	ln := listenLoopback(t)
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	_ = ln.Close() // nothing listens there yet: every dial is refused
+	ports := []portMap{{host: 1, container: port}}
+	route := newRouter()
+	route.store(newBackend("restarting", mustAddr("127.0.0.1"), ports))
+	p := newProxy(route, ports, 10*time.Second, 0, slog.New(slog.DiscardHandler))
+	log(p)
+	pln := listenLoopback(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.serve(ctx, pln, 0); close(done) }()
+	c := dialTCP(t, pln.Addr().String())
+	waitUntil(t, 5*time.Second, "a held pair", func() bool { return p.reg.count() == 1 })
+	cancel() // SIGTERM: no new connections
+	<-done
+	p.drain()
+	back, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)})
+	if err != nil {
+		t.Skipf("port %d taken meanwhile: %v", port, err)
+	}
+	srv := &loopServer{ln: back, port: port, conns: map[*net.TCPConn]struct{}{}}
+	go func() {
+		s, err := back.AcceptTCP()
+		if err == nil {
+			echoConn(s)
+			_ = s.Close()
+		}
+	}()
+	defer srv.ln.Close()
+	echoRound(t, c, "served after all")
+	_ = c.Close()
+
+	rig := startProxyRig(t, nil, 10*time.Second, 0, log)
+	d := dialTCP(t, rig.addr)
+	waitUntil(t, 5*time.Second, "a held pair", func() bool { return rig.p.reg.count() == 1 })
+	rig.p.drain()
+	expectClosed(t, d, 2*time.Second) // not the 10s hold
 	line := logs.waitLog(t, 5*time.Second, "connection closed: not forwarded")
 	if err, _ := line["err"].(string); !strings.Contains(err, "shutting down") {
 		t.Errorf("log err = %q; want it to say the proxy is shutting down", err)

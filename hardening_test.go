@@ -4,10 +4,13 @@ package main
 // an unlucky operator or a hostile client.
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -56,11 +59,11 @@ func TestReplayBytesCap(t *testing.T) {
 	}
 }
 
-// acceptedOn counts the established sockets of this process whose local
-// port is port: /proc/net/tcp lines with that local port whose inode is
-// one of this process's descriptors (one still in the accept queue has
-// none, and other processes' sockets are not ours).
-func acceptedOn(t testing.TB, port int) int {
+// acceptedOn counts the established sockets of this process from port to
+// one of clients: /proc/net/tcp lines with those ports whose inode is one
+// of this process's descriptors (one still in the accept queue has none,
+// and other processes' sockets are not ours).
+func acceptedOn(t testing.TB, port int, clients map[int]bool) int {
 	t.Helper()
 	ours := map[string]bool{}
 	ents, _ := os.ReadDir("/proc/self/fd")
@@ -82,8 +85,11 @@ func acceptedOn(t testing.TB, port int) int {
 			if len(f) < 10 || f[3] != "01" || !ours[f[9]] {
 				continue
 			}
-			_, hexPort, _ := strings.Cut(f[1], ":")
-			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil && int(p) == port {
+			_, local, _ := strings.Cut(f[1], ":")
+			_, remote, _ := strings.Cut(f[2], ":")
+			lp, err1 := strconv.ParseInt(local, 16, 32)
+			rp, err2 := strconv.ParseInt(remote, 16, 32)
+			if err1 == nil && err2 == nil && int(lp) == port && clients[int(rp)] {
 				n++
 			}
 		}
@@ -114,16 +120,18 @@ func TestMetricsIdleClientsDoNotStarve(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	const idle = 200
+	clients := map[int]bool{}
 	for range idle {
 		c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
+		clients[c.LocalAddr().(*net.TCPAddr).Port] = true
 	}
-	waitUntil(t, 5*time.Second, "the server at its cap", func() bool { return acceptedOn(t, port) >= metricsMaxConns })
+	waitUntil(t, 5*time.Second, "the server at its cap", func() bool { return acceptedOn(t, port, clients) >= metricsMaxConns })
 	for range 10 { // and never past it, while the clients stay
-		if n := acceptedOn(t, port); n > metricsMaxConns {
+		if n := acceptedOn(t, port, clients); n > metricsMaxConns {
 			t.Fatalf("the metrics server holds %d idle connections; want at most %d", n, metricsMaxConns)
 		}
 	}
@@ -247,4 +255,65 @@ func TestDockerBinarySignals(t *testing.T) {
 	}
 	expectClosed(t, c, 2*time.Second)
 	_ = svc
+}
+
+// TestMetricsKeepAliveClientsCannotLockOut: 32 clients that made one
+// request each and idled on keep-alive held every metrics connection, and
+// the scraper (and /healthz) got nothing.
+func TestMetricsKeepAliveClientsCannotLockOut(t *testing.T) {
+	ln, err := listenMetrics("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var snap atomic.Pointer[status]
+	var connected atomic.Bool
+	go func() {
+		done <- serveMetrics(ctx, ln, newMetrics(nil), &snap, &connected, slog.New(slog.DiscardHandler))
+	}()
+	defer func() { cancel(); <-done }()
+	get := func(c net.Conn) error {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	for i := range metricsMaxConns + 1 { // one request each, then idle
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := get(c); err != nil {
+			t.Fatalf("client %d, with %d idle keep-alive clients before it: %v", i, i, err)
+		}
+	}
+}
+
+// TestMetricsAddressIPv4Only: -metrics_address 0.0.0.0:P listened on [::]
+// too, unlike the data ports.
+func TestMetricsAddressIPv4Only(t *testing.T) {
+	if ln6, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		_ = ln6.Close()
+	}
+	ln, err := listenMetrics("0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if c, err := net.DialTimeout("tcp6", net.JoinHostPort("::1", strconv.Itoa(port)), time.Second); err == nil {
+		_ = c.Close()
+		t.Fatalf("-metrics_address 0.0.0.0:%d is reachable on [::1]:%d", port, port)
+	}
 }

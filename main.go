@@ -212,6 +212,7 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })
 	}
 	<-ctx.Done()
+	p.drain()
 	log.Info("no new connections; open ones may finish", "open", p.reg.count(), "shutdown_timeout", cfg.shutdown)
 	done := make(chan struct{})
 	go func() {

@@ -141,9 +141,9 @@ func (s status) current(connected bool) status {
 }
 
 // The metrics server is for a scraper and a person with curl, never for
-// the load the data ports take: it holds few connections, each for a
-// bounded time, so that idle or slow clients cannot use up the file
-// descriptors the data ports need.
+// the load the data ports take: it holds few connections, each for one
+// request and a bounded time, so that idle or slow clients cannot use up
+// the file descriptors the data ports need, nor keep the scraper out.
 const (
 	metricsMaxConns = 32
 	metricsIdle     = 30 * time.Second
@@ -155,7 +155,12 @@ const (
 // start-up, so an address that cannot be bound stops the proxy like a
 // data port would.
 func listenMetrics(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	host, _, _ := net.SplitHostPort(addr)
+	network := "tcp" // a name: whatever it resolves to
+	if net.ParseIP(host) != nil {
+		network = listenNetwork(host) // 0.0.0.0 is IPv4 only, as for the data ports
+	}
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
 	}
@@ -191,6 +196,10 @@ func serveMetrics(ctx context.Context, ln net.Listener, m *metrics, snap *atomic
 		// handler) go to the same log, in the same format.
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// One request per connection: a scraper reconnects every interval
+	// anyway, and idle keep-alive clients would otherwise hold the few
+	// connections there are and lock everyone else out.
+	srv.SetKeepAlivesEnabled(false)
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	log.Info("serving metrics", "addr", ln.Addr().String())
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

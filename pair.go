@@ -29,8 +29,8 @@ import (
 const (
 	maxMoves           = 3 // resends of one connection, each to another container
 	defaultReplayBytes = 16 << 10
-	maxReplayBytes     = 1 << 20  // -replay_bytes is capped here
-	replayBudget       = 64 << 20 // what all connections keep together
+	maxReplayBytes     = 1 << keptMaxShift // -replay_bytes is capped here: 1 MiB
+	replayBudget       = 64 << 20          // what all connections keep together
 )
 
 // pair is one client connection and the connection it was forwarded to.
@@ -57,11 +57,11 @@ type pair struct {
 	mu        sync.Mutex
 	committed bool          // nothing is kept or resent any more
 	kept      []byte        // the client's bytes since the dial, until committed
-	buf       *[]byte       // kept's memory, from the proxy's pool
+	buf       *[]byte       // kept's memory, from a pool (see keep.go)
 	busy      bool          // the client side reads into kept or writes from it
 	moving    chan struct{} // while the server side moves the pair; closed when done
 	clientEOF bool          // the client half-closed
-	reset     bool          // a write to the server read its reset
+	resetOn   *net.TCPConn  // the server connection whose reset a write of the client side read
 	moves     int
 }
 
@@ -105,7 +105,7 @@ func (p *pair) forward() error {
 			// reads a reset, so the server side then sees a plain
 			// EOF: tell it.
 			if _, werr := server.Write(room[:m]); errors.Is(werr, syscall.ECONNRESET) {
-				p.noteReset()
+				p.noteReset(server)
 			}
 		}
 		p.idle()
@@ -121,23 +121,28 @@ func (p *pair) forward() error {
 func (p *pair) room(n int) ([]byte, *net.TCPConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.committed && p.buf == nil && !p.proxy.takeKept(p) {
-		p.commitLocked()
+	for !p.committed && p.moving != nil && len(p.kept)+n > cap(p.kept) {
+		p.waitMoved() // the move reads kept: grow it only after
 	}
-	if !p.committed && len(p.kept)+n > cap(p.kept) {
+	if !p.committed && !p.proxy.grow(p, n) {
 		p.commitLocked()
 	}
 	if p.committed {
 		for p.moving != nil { // the server side is changing: wait for the new one
-			moving := p.moving
-			p.mu.Unlock()
-			<-moving
-			p.mu.Lock()
+			p.waitMoved()
 		}
 		return nil, p.server
 	}
 	p.busy = true
 	return p.kept[len(p.kept) : len(p.kept)+n], nil
+}
+
+// waitMoved waits, with p.mu held, for the current move to end.
+func (p *pair) waitMoved() {
+	moving := p.moving
+	p.mu.Unlock()
+	<-moving
+	p.mu.Lock()
 }
 
 // keep adds m bytes read into the room to kept, and returns the server to
@@ -172,20 +177,21 @@ func (p *pair) clientDone() *net.TCPConn {
 	return p.server
 }
 
-func (p *pair) noteReset() {
+// noteReset records that a write to server read its reset (ECONNRESET,
+// which Linux reports only for a reset with no FIN before it).
+func (p *pair) noteReset(server *net.TCPConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.reset = true
+	p.resetOn = server
 }
 
-// resetSeen reports (once) whether the client side's write read a reset
-// of the current server.
-func (p *pair) resetSeen() bool {
+// resetSeen reports whether the client side's write read a reset of
+// server, the current one: a note about an earlier connection says
+// nothing of this one.
+func (p *pair) resetSeen(server *net.TCPConn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	r := p.reset
-	p.reset = false
-	return r
+	return p.resetOn == server
 }
 
 // finUnread tells whether the server's FIN, before any answer, came from a
@@ -233,9 +239,8 @@ func (p *pair) commitLocked() {
 
 // freeLocked gives kept's memory back once nothing can use it.
 func (p *pair) freeLocked() {
-	if p.committed && !p.busy && p.moving == nil && p.buf != nil {
-		p.proxy.giveKept(p.buf)
-		p.buf, p.kept = nil, nil
+	if p.committed && !p.busy && p.moving == nil {
+		p.proxy.free(p)
 	}
 }
 
@@ -250,7 +255,7 @@ func (p *pair) serverToClient() {
 		}
 		var n int
 		n, err = p.down.wait()
-		if err == nil && n == 0 && (p.resetSeen() || p.finUnread()) {
+		if err == nil && n == 0 && (p.resetSeen(p.server) || p.finUnread()) {
 			err = syscall.ECONNRESET // nothing was read: as good as a reset
 		}
 		if err == nil {

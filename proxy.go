@@ -29,9 +29,11 @@ type proxy struct {
 	// on its connections (the end of -shutdown_timeout).
 	life context.Context
 	kill context.CancelFunc
+	// draining: the proxy stops, and so does the deployer, so a held
+	// connection with no container to wait for ends (see drain).
+	draining atomic.Bool
 
-	kept     atomic.Int64 // bytes of kept buffers handed out (see replayBudget)
-	keptPool sync.Pool    // of *[]byte, cap replayMax
+	kept atomic.Int64 // bytes of kept buffers handed out (see keep.go)
 
 	lastDrop atomic.Int64 // unix second of the last "not forwarded" log line
 	m        *metrics
@@ -71,32 +73,19 @@ func dialTimeout(hold time.Duration) time.Duration {
 	return min(max(hold/4, 250*time.Millisecond), 5*time.Second, hold)
 }
 
+// drain tells held connections that no container will come any more: the
+// ones waiting for one end, the ones retrying a dial go on until the hold
+// or the shutdown ends.
+func (p *proxy) drain() {
+	p.draining.Store(true)
+	p.route.poke()
+}
+
 // shutdown closes every connection and ends every dial and hold; it
 // returns how many connections it closed.
 func (p *proxy) shutdown() int {
 	p.kill()
 	return p.reg.closeAll()
-}
-
-// takeKept gives pr a buffer for its kept bytes, unless all connections
-// together keep replayBudget already.
-func (p *proxy) takeKept(pr *pair) bool {
-	if p.kept.Add(int64(p.replayMax)) > replayBudget {
-		p.kept.Add(-int64(p.replayMax))
-		return false
-	}
-	buf, _ := p.keptPool.Get().(*[]byte)
-	if buf == nil {
-		b := make([]byte, 0, p.replayMax)
-		buf = &b
-	}
-	pr.buf, pr.kept = buf, (*buf)[:0]
-	return true
-}
-
-func (p *proxy) giveKept(buf *[]byte) {
-	p.keptPool.Put(buf)
-	p.kept.Add(-int64(p.replayMax))
 }
 
 // done is called once per accepted connection on listener i, when it is
@@ -268,6 +257,10 @@ func (p *proxy) connectHeld(i int, b, skip *backend, deadline time.Time, err err
 	ctx, cancel := context.WithDeadline(p.life, deadline)
 	defer cancel()
 	for {
+		if b == nil && p.draining.Load() {
+			// No container will come: the deployer has stopped.
+			return nil, nil, fmt.Errorf("shutting down: %w", err)
+		}
 		var retry <-chan time.Time
 		if b != nil {
 			retry = time.After(retryDial)
