@@ -110,14 +110,7 @@ func TestMetricsIdleClientsDoNotStarve(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var snap atomic.Pointer[status]
-	var connected atomic.Bool
-	go func() {
-		done <- serveMetrics(ctx, ln, newMetrics(nil), &snap, &connected, slog.New(slog.DiscardHandler))
-	}()
-	defer func() { cancel(); <-done }()
+	serveMetricsFor(t, ln, slog.New(slog.DiscardHandler))
 
 	const idle = 200
 	clients := map[int]bool{}
@@ -135,6 +128,16 @@ func TestMetricsIdleClientsDoNotStarve(t *testing.T) {
 			t.Fatalf("the metrics server holds %d idle connections; want at most %d", n, metricsMaxConns)
 		}
 	}
+}
+
+// serveMetricsFor serves the metrics on ln until the test ends.
+func serveMetricsFor(t testing.TB, ln net.Listener, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var snap atomic.Pointer[status]
+	var connected atomic.Bool
+	go func() { done <- serveMetrics(ctx, ln, newMetrics(nil), &snap, &connected, log) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 // TestMetricsAddressUnusable: a -metrics_address that could not be bound
@@ -176,14 +179,7 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 func TestMetricsServerLogsThroughSlog(t *testing.T) {
 	var logs logBuffer
 	ln := &flakyListener{Listener: listenLoopback(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var snap atomic.Pointer[status]
-	var connected atomic.Bool
-	go func() {
-		done <- serveMetrics(ctx, ln, newMetrics(nil), &snap, &connected, slog.New(slog.NewJSONHandler(&logs, nil)))
-	}()
-	defer func() { cancel(); <-done }()
+	serveMetricsFor(t, ln, slog.New(slog.NewJSONHandler(&logs, nil)))
 	waitUntil(t, 5*time.Second, "net/http's accept error in the JSON log", func() bool {
 		return strings.Contains(logs.String(), `"msg":"http: Accept error: temporary trouble`)
 	})
@@ -266,14 +262,7 @@ func TestMetricsKeepAliveClientsCannotLockOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var snap atomic.Pointer[status]
-	var connected atomic.Bool
-	go func() {
-		done <- serveMetrics(ctx, ln, newMetrics(nil), &snap, &connected, slog.New(slog.DiscardHandler))
-	}()
-	defer func() { cancel(); <-done }()
+	serveMetricsFor(t, ln, slog.New(slog.DiscardHandler))
 	get := func(c net.Conn) error {
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
