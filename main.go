@@ -132,14 +132,10 @@ func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPList
 	route := newRouter()
 	p := newProxy(route, cfg.ports, cfg.hold, cfg.maxConns, log)
 	p.replayMax, p.proxyProtocol = cfg.replayBytes, cfg.proxyProtocol
-	changes := make(chan change)
-	w := &watcher{docker: docker, sel: sel, net: cfg.network, log: log, out: changes, m: p.m}
-	d := newDeployer(route, cfg.ports, newChecker(cfg.statusURL, cfg.statusPort),
-		dockerRetirer{docker: docker, mode: cfg.retire, stopTimeout: cfg.stopTimeout}, log)
-	d.statusTimeout, d.grace, d.drain = cfg.statusTimeout, cfg.grace, cfg.drain
-	d.probes = cfg.statusURL.port != 0 || cfg.statusPort != 0
-	d.m, d.name = p.m, sel.String()
-	d.publish()
+	events := make(chan any)
+	w := &watcher{docker: docker, sel: sel, net: cfg.network, log: log, out: events, m: p.m}
+	d := newDeployRunner(cfg, route, docker, p.m, log)
+	d.name = sel.String()
 
 	var wg sync.WaitGroup
 	if cfg.metricsAddr != "" {
@@ -150,7 +146,7 @@ func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPList
 		})
 	}
 	wg.Go(func() { _ = w.run(ctx) })
-	wg.Go(func() { d.run(ctx, changes) })
+	wg.Go(func() { d.run(ctx, events) })
 	for i, ln := range lns {
 		log.Info("listening", "addr", ln.Addr().String(), "port", cfg.ports[i].String())
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })
@@ -164,7 +160,7 @@ func serve(ctx context.Context, cfg config, docker dockerAPI, lns []*net.TCPList
 	case <-done:
 	case <-time.After(cfg.shutdown):
 		n := 0
-		for _, b := range d.backends() {
+		for _, b := range d.backendList() {
 			n += b.closeAll()
 		}
 		log.Info("shutdown: closed open connections", "closed", n)
