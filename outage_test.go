@@ -28,6 +28,16 @@ func newOutageSim(t *testing.T, skew time.Duration) *simRun {
 	return s
 }
 
+// newServingSim starts a simulation in which container a serves.
+func newServingSim(t *testing.T, skew time.Duration) (s *simRun, a *simCtr) {
+	t.Helper()
+	s = newOutageSim(t, skew)
+	a = s.deploy(0)
+	s.wait(time.Second)
+	s.wantServing(a.id)
+	return s, a
+}
+
 // do changes the daemon, then lets the proxy settle and checks the
 // invariants.
 func (s *simRun) do(what string, f func(d *simDocker)) {
@@ -38,6 +48,15 @@ func (s *simRun) do(what string, f func(d *simDocker)) {
 	s.note("%s", what)
 	synctest.Wait()
 	s.check()
+}
+
+// event changes c with f and sends the event that says so.
+func (s *simRun) event(what string, c *simCtr, typ events.Type, action events.Action, f func(d *simDocker)) {
+	s.t.Helper()
+	s.do(what, func(d *simDocker) {
+		f(d)
+		d.emit(typ, action, c)
+	})
 }
 
 // wait lets time pass, checking the invariants.
@@ -81,10 +100,7 @@ func (s *simRun) deploy(listen time.Duration) *simCtr {
 // containers away.
 func TestOutageOneOffContainer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
-		s.wantServing(a.id)
+		s, a := newServingSim(t, 0)
 		oneOff := s.deploy(-1)
 		s.wait(time.Minute)
 		s.wantServing(a.id)
@@ -101,9 +117,7 @@ func TestOutageOneOffContainer(t *testing.T) {
 // is retried; the serving container is not taken as gone.
 func TestOutageResyncInspectFails(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, 0)
 		served := s.route.load()
 		s.do("the stream breaks, the next inspect fails", func(d *simDocker) {
 			d.fail[callInspect] = 1
@@ -157,9 +171,7 @@ func TestOutageClockAheadStaleStop(t *testing.T) {
 // applied.
 func TestOutageClockBehindRealStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, -5*time.Second)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, -5*time.Second)
 		s.do("the stream breaks", func(d *simDocker) { d.breakStreams() })
 		s.wait(time.Second) // resubscribed, listed
 		s.do("the serving container dies", func(d *simDocker) { d.die(d.ctrs[a.id]) })
@@ -171,9 +183,7 @@ func TestOutageClockBehindRealStop(t *testing.T) {
 // counted.
 func TestOutageRemovalRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, 0)
 		s.do("the next 3 removals fail", func(d *simDocker) { d.fail[callRemove] = 3 })
 		b := s.deploy(0)
 		s.wait(time.Second)
@@ -197,10 +207,7 @@ func TestOutageHungCalls(t *testing.T) {
 	for _, call := range []simCall{callList, callInspect} {
 		t.Run(string(call), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := newOutageSim(t, 0)
-				a := s.deploy(0)
-				s.wait(time.Second)
-				s.wantServing(a.id)
+				s, _ := newServingSim(t, 0)
 				s.do("the next call hangs; the stream breaks", func(d *simDocker) {
 					d.hang[call] = 1
 					d.breakStreams()
@@ -218,21 +225,13 @@ func TestOutageHungCalls(t *testing.T) {
 // gets it.
 func TestOutageNetworkDisconnect(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
-		s.do("the serving container is disconnected", func(d *simDocker) {
-			d.ctrs[a.id].ip = netipNone
-			d.emit(events.NetworkEventType, events.ActionDisconnect, d.ctrs[a.id])
-		})
+		s, a := newServingSim(t, 0)
+		s.event("the serving container is disconnected", a, events.NetworkEventType, events.ActionDisconnect, func(d *simDocker) { a.ip = netipNone })
 		s.wantServing("")
 		s.do("another image's container gets its address", func(d *simDocker) { d.create("other:latest", 0, false) })
 		s.wait(time.Minute)
 		s.wantServing("")
-		s.do("it is connected again", func(d *simDocker) {
-			d.ctrs[a.id].ip = d.freeIP()
-			d.emit(events.NetworkEventType, events.ActionConnect, d.ctrs[a.id])
-		})
+		s.event("it is connected again", a, events.NetworkEventType, events.ActionConnect, func(d *simDocker) { a.ip = d.freeIP() })
 		s.wait(time.Second)
 		s.wantServing(a.id)
 	})
@@ -242,9 +241,7 @@ func TestOutageNetworkDisconnect(t *testing.T) {
 // ignored for a stall keeps being checked and serves once ready.
 func TestOutageRollbackTargetMustBeReady(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, 0)
 		b := s.deploy(0)
 		s.wait(time.Second)
 		s.wantServing(b.id)
@@ -258,9 +255,7 @@ func TestOutageRollbackTargetMustBeReady(t *testing.T) {
 		s.wantServing(a.id)
 	})
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, 0)
 		b := s.deploy(outageConfig.statusTimeout + 2*time.Second) // stalls past its status timeout
 		s.wait(outageConfig.statusTimeout + time.Second)
 		s.wantServing(a.id)
@@ -275,18 +270,10 @@ func TestOutageRollbackTargetMustBeReady(t *testing.T) {
 // serves again.
 func TestOutagePause(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
-		s.do("paused", func(d *simDocker) {
-			d.ctrs[a.id].paused = true
-			d.emit(events.ContainerEventType, events.ActionPause, d.ctrs[a.id])
-		})
+		s, a := newServingSim(t, 0)
+		s.event("paused", a, events.ContainerEventType, events.ActionPause, func(*simDocker) { a.paused = true })
 		s.wantServing("")
-		s.do("unpaused", func(d *simDocker) {
-			d.ctrs[a.id].paused = false
-			d.emit(events.ContainerEventType, events.ActionUnPause, d.ctrs[a.id])
-		})
+		s.event("unpaused", a, events.ContainerEventType, events.ActionUnPause, func(*simDocker) { a.paused = false })
 		s.wantServing(a.id)
 	})
 }
@@ -295,9 +282,7 @@ func TestOutagePause(t *testing.T) {
 // short time it gets no traffic until it stays up.
 func TestOutageCrashLoop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, 0)
 		var b *simCtr
 		s.do("a crash-looper is deployed", func(d *simDocker) { b = d.create(simTag, 100*time.Millisecond, true) })
 		for range 8 {
@@ -321,9 +306,7 @@ func TestOutageCrashLoop(t *testing.T) {
 // Outage 11: a serving container removed by someone else is logged.
 func TestOutageRemovedBySomeoneElse(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newOutageSim(t, 0)
-		a := s.deploy(0)
-		s.wait(time.Second)
+		s, a := newServingSim(t, 0)
 		s.do("someone else removes it", func(d *simDocker) { d.destroy(d.ctrs[a.id]) })
 		if len(s.logs.lines("a container the proxy serves was removed by someone else", "container", a.id)) != 1 {
 			t.Error("no warning that someone else removed the serving container")
@@ -341,10 +324,7 @@ func TestOutageNetworkAfterStart(t *testing.T) {
 			a = d.create(simTag, 0, false)
 			a.ip = netipNone
 		})
-		s.do("connected", func(d *simDocker) {
-			a.ip = d.freeIP()
-			d.emit(events.NetworkEventType, events.ActionConnect, a)
-		})
+		s.event("connected", a, events.NetworkEventType, events.ActionConnect, func(d *simDocker) { a.ip = d.freeIP() })
 		s.wait(time.Second)
 		s.wantServing(a.id)
 	})
