@@ -107,14 +107,14 @@ func simulate(t *testing.T, seed uint64, steps int) {
 	synctest.Test(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, 0x5eed))
 		skew := []time.Duration{0, -5 * time.Second, 5 * time.Second, time.Duration(rng.Int64N(int64(time.Minute))) - 30*time.Second}[rng.IntN(4)]
-		cfg := ruleConfig{statusTimeout: 3 * time.Second, grace: 2 * time.Second, drain: rng.IntN(5) == 0, probes: true}
+		cfg := ruleConfig{statusTimeout: 3 * time.Second, grace: 2 * time.Second, drain: rng.IntN(5) == 0, probes: rng.IntN(3) > 0}
 		s := startSim(t, rng, skew, cfg)
-		s.note("seed %d: clock skew %v, -drain %v", seed, skew, cfg.drain)
+		s.note("seed %d: clock skew %v, -drain %v, HEALTHCHECKs decide %v", seed, skew, cfg.drain, !cfg.probes)
 		s.replay = fmt.Sprintf("go test -run 'TestSimulate' -simulate.seed=%d .", seed)
 		for i := 0; i < steps && !t.Failed(); i++ {
 			s.step()
 			time.Sleep(time.Duration(s.rng.Int64N(int64(1500 * time.Millisecond))))
-			synctest.Wait()
+			s.healthChecks()
 			s.check()
 		}
 		if !t.Failed() {
@@ -156,6 +156,15 @@ func startSim(t *testing.T, rng *rand.Rand, skew time.Duration, cfg ruleConfig) 
 	})
 	synctest.Wait()
 	return s
+}
+
+// healthChecks runs the fake daemon's HEALTHCHECKs, then lets the proxy
+// settle.
+func (s *simRun) healthChecks() {
+	s.d.mu.Lock()
+	s.d.healthChecks()
+	s.d.mu.Unlock()
+	synctest.Wait()
 }
 
 // onRoute is the runner's hook: it records who serves, and since when.
@@ -209,8 +218,8 @@ func (s *simRun) step() {
 	}
 	switch op := r.IntN(22); {
 	case op < 5:
-		c := d.create(simTag, listen(), r.IntN(6) == 0)
-		s.note("deploy %s at %v (listens after %v, restart always %v)", c.id, c.ip, c.listenAfter, c.restart)
+		c := d.createHC(simTag, listen(), r.IntN(6) == 0, !s.cfg.probes && r.IntN(4) > 0)
+		s.note("deploy %s at %v (listens after %v, restart always %v, HEALTHCHECK %v)", c.id, c.ip, c.listenAfter, c.restart, c.healthcheck)
 	case op == 5:
 		c := d.create(simTag, -1, false)
 		s.note("one-off %s of the image at %v (never listens)", c.id, c.ip)
@@ -377,8 +386,10 @@ func (s *simRun) quiet() {
 	}
 	d.mu.Unlock()
 	s.note("quiet")
-	time.Sleep(simQuiet)
-	synctest.Wait()
+	for end := time.Now().Add(simQuiet); time.Now().Before(end); {
+		time.Sleep(time.Second)
+		s.healthChecks()
+	}
 	s.check()
 
 	d.mu.Lock()

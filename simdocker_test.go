@@ -33,6 +33,8 @@ type simCtr struct {
 	listenAt         time.Time     // the proxy's clock: it answers probes from then on; zero: never
 	unready          bool          // answers no probe for now
 	restart          bool          // --restart always
+	healthcheck      bool          // it has a HEALTHCHECK ...
+	healthy          bool          // ... and reported healthy last
 }
 
 func (c *simCtr) listening(now time.Time) bool {
@@ -275,6 +277,15 @@ func (d *simDocker) ContainerInspect(ctx context.Context, id string) (container.
 	if c == nil {
 		return container.InspectResponse{}, fmt.Errorf("no such container %s: %w", id, cerrdefs.ErrNotFound)
 	}
+	cfg := &container.Config{Image: c.image}
+	state := &container.State{Running: c.running, Paused: c.paused, StartedAt: c.started.Format(time.RFC3339Nano)}
+	if c.healthcheck {
+		cfg.Healthcheck = &container.HealthConfig{Test: []string{"CMD", "/check"}}
+		state.Health = &container.Health{Status: container.Unhealthy}
+		if c.healthy {
+			state.Health.Status = container.Healthy
+		}
+	}
 	nets := map[string]*network.EndpointSettings{}
 	if c.ip.IsValid() {
 		nets["bridge"] = &network.EndpointSettings{IPAddress: c.ip.String()}
@@ -283,9 +294,9 @@ func (d *simDocker) ContainerInspect(ctx context.Context, id string) (container.
 		ContainerJSONBase: &container.ContainerJSONBase{
 			ID:      c.id,
 			Created: c.created.Format(time.RFC3339Nano),
-			State:   &container.State{Running: c.running, Paused: c.paused, StartedAt: c.started.Format(time.RFC3339Nano)},
+			State:   state,
 		},
-		Config:          &container.Config{Image: c.image},
+		Config:          cfg,
 		NetworkSettings: &container.NetworkSettings{Networks: nets},
 	}, nil
 }
@@ -344,22 +355,43 @@ func (d *simDocker) probe(ctx context.Context, ip netip.Addr) error {
 // The daemon's side of the history.
 
 func (d *simDocker) create(image string, listenAfter time.Duration, restart bool) *simCtr {
+	return d.createHC(image, listenAfter, restart, false)
+}
+
+func (d *simDocker) createHC(image string, listenAfter time.Duration, restart, healthcheck bool) *simCtr {
 	d.seq++
 	now := d.daemonNow()
-	c := &simCtr{id: fmt.Sprintf("c%03d", d.seq), image: image, created: now, restart: restart, listenAfter: listenAfter}
+	c := &simCtr{id: fmt.Sprintf("c%03d", d.seq), image: image, created: now, restart: restart, listenAfter: listenAfter, healthcheck: healthcheck}
 	d.ctrs[c.id] = c
 	d.start(c)
 	return c
 }
 
 func (d *simDocker) start(c *simCtr) {
-	c.running, c.paused, c.started = true, false, d.daemonNow()
+	c.running, c.paused, c.started, c.healthy = true, false, d.daemonNow(), false
 	c.ip = d.freeIP()
 	c.listenAt = time.Time{}
 	if c.listenAfter >= 0 {
 		c.listenAt = time.Now().Add(c.listenAfter)
 	}
 	d.emit(events.ContainerEventType, events.ActionStart, c)
+}
+
+// healthChecks runs the HEALTHCHECKs, as the daemon does every so often:
+// a container reports healthy while it answers, else unhealthy.
+func (d *simDocker) healthChecks() {
+	for _, c := range d.sorted() {
+		if !c.healthcheck || !c.running || c.paused || c.listening(time.Now()) == c.healthy {
+			continue
+		}
+		c.healthy = !c.healthy
+		if c.healthy {
+			d.okProbes[c.id]++ // the proxy's verdict, as a probe's would be
+			d.emit(events.ContainerEventType, "health_status: healthy", c)
+		} else {
+			d.emit(events.ContainerEventType, "health_status: unhealthy", c)
+		}
+	}
 }
 
 func (d *simDocker) die(c *simCtr) {
