@@ -266,6 +266,27 @@ func TestOutageRollbackTargetMustBeReady(t *testing.T) {
 	})
 }
 
+// A restart the proxy did not see (its events lost) is a run it has not
+// inspected: a probe the new run answers is not taken for the old run's
+// readiness. Found by the simulation (a seed of make simulate).
+func TestOutageUnseenRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, a := newServingSim(t, 0)
+		b := s.deploy(5 * time.Second) // ignored at its status timeout, 3s
+		s.wait(4 * time.Second)
+		s.do("it restarts; the two events are lost", func(d *simDocker) {
+			d.drop = 2
+			d.die(b)
+			d.start(b)
+		})
+		s.wait(time.Minute)
+		s.wantServing(a.id)
+		s.do("the stream breaks", func(d *simDocker) { d.breakStreams() })
+		s.wait(10 * time.Second)
+		s.wantServing(b.id)
+	})
+}
+
 // Outage 9: a paused container is not ready; unpaused, it is checked and
 // serves again.
 func TestOutagePause(t *testing.T) {

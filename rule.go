@@ -337,6 +337,13 @@ func (r *rule) stop(id string, destroyed bool, now time.Time) []any {
 	if r.serving == id {
 		r.serving = ""
 	}
+	if r.routed == id {
+		// Out of the route now: a new run of the same container that
+		// serves in this same step must be stored as a new backend.
+		acts = append(acts, actServe{})
+		r.routed = ""
+		r.log.Warn("no ready container: new connections wait for one")
+	}
 	delete(r.ctrs, id) // a later start is a new run to the rule
 	return acts
 }

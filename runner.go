@@ -26,11 +26,11 @@ type runner struct {
 	ports   []portMap
 	ready   prober
 	retire  retirer
-	owner   func(ctx context.Context, id string) (netip.Addr, error) // the address id holds now; nil: not checked
+	owner   func(ctx context.Context, id string) (netip.Addr, time.Time, error) // the address id holds now, and the start of its run; nil: not checked
 	log     *slog.Logger
-	name    string                 // the selector, for /status
-	snap    atomic.Pointer[status] // for /status, renewed after every step
-	onRoute func(id string)        // tests: called after every change of route
+	name    string                         // the selector, for /status
+	snap    atomic.Pointer[status]         // for /status, renewed after every step
+	onRoute func(id string, ip netip.Addr) // tests: called after every change of route
 
 	mu       sync.Mutex          // guards backends, read by backendList at shutdown
 	backends map[string]*backend // by container id: those that carry or carried connections
@@ -127,7 +127,7 @@ func (rn *runner) do(ctx context.Context, wg *sync.WaitGroup, a any) {
 		}
 		rn.route.store(b)
 		if rn.onRoute != nil {
-			rn.onRoute(a.id)
+			rn.onRoute(a.id, a.ip)
 		}
 	case actSeal:
 		if b := rn.backends[a.id]; b != nil {
@@ -161,17 +161,20 @@ func (rn *runner) do(ctx context.Context, wg *sync.WaitGroup, a any) {
 	}
 }
 
-// confirm checks that the container probed still holds the address that
-// answered: while the event stream is down, a container that lost it (a
-// network disconnect, a stop) is not known to, and another container may
-// hold the address and answer, even one of another image.
+// confirm checks that the run of the container probed still holds the
+// address that answered: while the event stream is down, a container that
+// lost it (a network disconnect, a stop) is not known to, and another
+// container may hold the address and answer, even one of another image; a
+// container restarted meanwhile is a run the rule has not seen.
 func (rn *runner) confirm(ctx context.Context, a actProbe) error {
-	ip, err := rn.owner(ctx, a.id)
+	ip, started, err := rn.owner(ctx, a.id)
 	switch {
 	case err != nil:
 		return err
 	case ip != a.ip:
 		return fmt.Errorf("%s answered, but %s holds %v now", a.ip, shortID(a.id), ip)
+	case !started.Equal(a.started):
+		return fmt.Errorf("%s answered, but %s restarted since", a.ip, shortID(a.id))
 	}
 	return nil
 }
@@ -221,20 +224,21 @@ func newDeployRunner(cfg config, route *router, docker dockerAPI, m *metrics, lo
 	return rn
 }
 
-// addressOf returns a function that tells the address a running, unpaused
-// container holds, by an inspect.
-func addressOf(docker dockerAPI, network string) func(ctx context.Context, id string) (netip.Addr, error) {
-	return func(ctx context.Context, id string) (netip.Addr, error) {
+// addressOf returns a function that tells, by an inspect, the address a
+// running, unpaused container holds and when its run started.
+func addressOf(docker dockerAPI, network string) func(ctx context.Context, id string) (netip.Addr, time.Time, error) {
+	return func(ctx context.Context, id string) (netip.Addr, time.Time, error) {
 		ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
 		defer cancel()
 		c, err := docker.ContainerInspect(ctx, id)
 		switch {
 		case err != nil:
-			return netip.Addr{}, fmt.Errorf("inspect %s: %w", shortID(id), err)
+			return netip.Addr{}, time.Time{}, fmt.Errorf("inspect %s: %w", shortID(id), err)
 		case c.ContainerJSONBase == nil || c.State == nil || !c.State.Running || c.State.Paused:
-			return netip.Addr{}, fmt.Errorf("container %s: not running", shortID(id))
+			return netip.Addr{}, time.Time{}, fmt.Errorf("container %s: not running", shortID(id))
 		}
+		started, _ := time.Parse(time.RFC3339Nano, c.State.StartedAt)
 		ip, _, _, err := containerIP(c.NetworkSettings, network)
-		return ip, err
+		return ip, started, err
 	}
 }

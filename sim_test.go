@@ -151,7 +151,7 @@ func startSim(t *testing.T, rng *rand.Rand, skew time.Duration, cfg ruleConfig) 
 		if t.Failed() {
 			t.Logf("history (replay: %s):\n%s", s.replay, strings.Join(s.history, "\n"))
 			lines := strings.Split(s.logs.String(), "\n")
-			t.Logf("proxy log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+			t.Logf("proxy log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-400):], "\n"))
 		}
 	})
 	synctest.Wait()
@@ -167,14 +167,20 @@ func (s *simRun) healthChecks() {
 	synctest.Wait()
 }
 
-// onRoute is the runner's hook: it records who serves, and since when.
-func (s *simRun) onRoute(id string) {
+// onRoute is the runner's hook: it records who serves, and since when. A
+// container served at an address it no longer holds is not its current
+// run serving (invariant 1 says whether the proxy could have known).
+func (s *simRun) onRoute(id string, ip netip.Addr) {
+	s.d.mu.Lock()
+	c := s.d.ctrs[id]
+	current := c != nil && c.ip == ip
+	s.d.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.routed != "" && s.routed != id {
 		s.leftAt[s.routed] = time.Now()
 	}
-	if id != "" {
+	if current {
 		s.served[id] = true
 		delete(s.leftAt, id)
 	}
@@ -281,10 +287,13 @@ func (s *simRun) step() {
 		d.breakStreams()
 		s.note("event streams break")
 	case op == 17:
-		switch r.IntN(3) {
+		switch r.IntN(4) {
 		case 0:
 			d.dup = true
 			s.note("the next event is sent twice")
+		case 3:
+			d.drop = 1 + r.IntN(2)
+			s.note("the next %d events are lost", d.drop)
 		case 1:
 			d.reorder = true
 			s.note("the next two events are swapped")
@@ -383,6 +392,9 @@ func (s *simRun) quiet() {
 	if d.held != nil {
 		d.deliver(*d.held)
 		d.held = nil
+	}
+	if d.dropped {
+		d.breakStreams() // as the daemon ends the stream of a subscriber it dropped events for
 	}
 	d.mu.Unlock()
 	s.note("quiet")

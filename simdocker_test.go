@@ -57,16 +57,18 @@ const (
 )
 
 type simDocker struct {
-	mu   sync.Mutex
-	skew time.Duration // the daemon's clock minus the proxy's
-	last time.Time     // the daemon's clock when last read
-	ctrs map[string]*simCtr
-	seq  int
-	log  []events.Message
-	subs []*simSub
+	mu      sync.Mutex
+	skew    time.Duration // the daemon's clock minus the proxy's
+	dropped bool          // an event was dropped since the streams last broke
+	last    time.Time     // the daemon's clock when last read
+	ctrs    map[string]*simCtr
+	seq     int
+	log     []events.Message
+	subs    []*simSub
 
 	fail, hang map[simCall]int // the next n calls fail, or hang until their deadline
 	hung       int             // calls hanging now
+	drop       int             // the next n events reach no subscription (the log keeps them)
 	dup        bool            // the next event is sent twice
 	reorder    bool            // the next event is held back ...
 	held       *events.Message // ... and sent after the one that follows it
@@ -144,6 +146,11 @@ func (d *simDocker) emit(typ events.Type, action events.Action, c *simCtr) {
 }
 
 func (d *simDocker) send(ev events.Message) {
+	if d.drop > 0 {
+		d.drop--
+		d.dropped = true
+		return
+	}
 	if d.dup {
 		d.dup = false
 		d.deliver(ev)
@@ -173,6 +180,7 @@ func (d *simDocker) deliver(ev events.Message) {
 
 // breakStreams ends every subscription with an error.
 func (d *simDocker) breakStreams() {
+	d.dropped = false
 	for _, s := range d.subs {
 		s.errs <- errors.New("simulated: event stream broken")
 	}
@@ -190,7 +198,7 @@ func (d *simDocker) settled() bool {
 			n++
 		}
 	}
-	pending := d.hung > 0 || d.held != nil || d.midList != nil
+	pending := d.hung > 0 || d.held != nil || d.midList != nil || d.dropped
 	for _, k := range []simCall{callList, callInspect} {
 		pending = pending || d.fail[k] > 0 || d.hang[k] > 0
 	}
