@@ -249,8 +249,8 @@ func (r *rule) start(info ctrInfo, now time.Time) []any {
 		switch {
 		case c.started.Equal(info.started) && c.ip == info.ip:
 			acts = append(acts, r.pause(info.id, info.paused, now)...)
-			if r.byHealthcheck(info) {
-				r.health(info.id, info.healthy, now)
+			if info.healthy != c.healthy {
+				r.health(info.id, info.healthy, now) // a health event missed
 			}
 			return acts // the same run, seen again (a list after an event)
 		case c.phase == phaseRemoving || c.phase == phaseRetired:
@@ -275,8 +275,8 @@ func (r *rule) start(info ctrInfo, now time.Time) []any {
 		c.probeAt = now
 		r.log.Info("checking readiness", "container", c.short(), "addr", c.ip)
 	}
-	if r.byHealthcheck(info) {
-		r.health(info.id, info.healthy, now)
+	if info.healthy {
+		r.health(info.id, true, now) // (not healthy yet may be only starting)
 	}
 	return acts
 }

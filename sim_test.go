@@ -388,7 +388,7 @@ func (s *simRun) quiet() {
 	d.mu.Lock()
 	clear(d.fail)
 	clear(d.hang)
-	d.dup, d.reorder, d.midList = false, false, nil
+	d.dup, d.reorder, d.midList, d.drop = false, false, nil, 0
 	if d.held != nil {
 		d.deliver(*d.held)
 		d.held = nil
