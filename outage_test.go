@@ -287,6 +287,39 @@ func TestOutageUnseenRestart(t *testing.T) {
 	})
 }
 
+// A container whose restart the proxy learns from a list, already healthy,
+// serves at its new address: the old run's backend leaves the route even
+// though the same container serves again in the same step. Found by the
+// simulation under -race.
+func TestOutageRestartSeenInList(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := outageConfig
+		cfg.probes = false // its HEALTHCHECK decides
+		s := startSim(t, rand.New(rand.NewPCG(1, 2)), 0, cfg)
+		var a *simCtr
+		s.do("deploy with a HEALTHCHECK", func(d *simDocker) { a = d.createHC(simTag, 0, false, true) })
+		s.healthChecks()
+		s.wantServing(a.id)
+		s.do("it restarts at another address; the events are lost", func(d *simDocker) {
+			d.drop = 3
+			d.die(a)
+			d.create("other:latest", -1, false) // takes its address
+			d.start(a)
+		})
+		s.healthChecks()
+		s.do("the stream breaks", func(d *simDocker) { d.breakStreams() })
+		s.wait(time.Second)
+		b := s.route.load()
+		if b == nil || b.id != a.id || b.ip != a.ip {
+			got := "none"
+			if b != nil {
+				got = b.id + " at " + b.ip.String()
+			}
+			t.Errorf("serving %s; want %s at its new address %v", got, a.id, a.ip)
+		}
+	})
+}
+
 // Outage 9: a paused container is not ready; unpaused, it is checked and
 // serves again.
 func TestOutagePause(t *testing.T) {
