@@ -18,10 +18,10 @@ import (
 	"github.com/docker/docker/api/types/network"
 )
 
-// The deployer tests run in synctest bubbles: time is fake, so grace
-// periods and status timeouts are checked to the nanosecond, and
-// synctest.Wait lets the deployer and the goroutines it starts settle
-// before each assertion.
+// The deploy rule's tests run it with its runner in synctest bubbles: time
+// is fake, so grace periods and status timeouts are checked to the
+// nanosecond, and synctest.Wait lets the runner and the goroutines it
+// starts settle before each assertion.
 
 // ctrEpoch is when the test containers were created, n seconds apart.
 var ctrEpoch = time.Date(1999, 12, 31, 0, 0, 0, 0, time.UTC)

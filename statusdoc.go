@@ -5,7 +5,7 @@ import "time"
 // The /status document: what the deploy rule knows now, served by the
 // metrics server (see serveMetrics).
 
-// status is the /status document: what the deployer knows now.
+// status is the /status document: what the deploy rule knows now.
 type status struct {
 	Selector string      `json:"selector"`
 	Serving  *ctrStatus  `json:"serving"`
