@@ -2,12 +2,10 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -25,16 +23,16 @@ import (
 // and checked slowly, and serves if it becomes the newest ready one.
 
 // Probe schedule: fast while a container is expected to become ready, then
-// only as often as a decision needs (see settle). Every probe is a
+// only as often as a decision needs (see planProbes). Every probe is a
 // connection the service sees, so a serving container is not probed at all
 // unless a rollback is possible.
 const (
 	probeFast      = statusInterval   // checking: until ready or the deadline
-	probeWatch     = time.Second      // serving, while a rollback is possible
+	probeWatch     = time.Second      // serving and retiring, while a rollback is possible
 	probeSlow      = 5 * time.Second  // ignored: it may still become ready
 	watchFails     = 2                // failed watch probes in a row that make it not ready
 	crashStops     = 3                // stops within crashWindow that make a crash loop
-	crashWindow    = time.Minute      //
+	crashWindow    = time.Minute      // how far back stops are counted
 	crashHold      = 30 * time.Second // a crash-looper must stay up this long to be considered
 	removeRetryMin = time.Second      // backoff of a failed retirement
 	removeRetryMax = time.Minute
@@ -103,7 +101,8 @@ func newRule(cfg ruleConfig, log *slog.Logger, m *metrics) *rule {
 	return &rule{cfg: cfg, ctrs: make(map[string]*record), stops: make(map[string][]time.Time), died: make(map[string]time.Time), log: log, m: m}
 }
 
-// Events: what the watcher and the runner tell the rule.
+// Events: what the watcher and the runner tell the rule. Plain values, so
+// that a test can write a history down.
 type (
 	// evList holds every running container of the selection: the list at
 	// start-up (initial), or after the event stream was restored.
@@ -111,62 +110,70 @@ type (
 		ctrs    []ctrInfo
 		initial bool
 	}
-	evStart struct{ ctr ctrInfo } // running (perhaps paused), as inspected
-	evStop  struct {
+	// evStart: a running container (perhaps paused), as inspected.
+	evStart struct{ ctr ctrInfo }
+	// evStop: a container stopped, is gone (destroyed), or lost its address.
+	evStop struct {
 		id        string
 		destroyed bool
-	} // confirmed stopped, gone, or without its address
+	}
+	// evPause: docker pause or unpause.
 	evPause struct {
 		id     string
 		paused bool
-	} // paused or unpaused
+	}
+	// evHealth: a HEALTHCHECK verdict.
 	evHealth struct {
 		id      string
 		healthy bool
-	} // a HEALTHCHECK verdict
-	evProbe struct { // the outcome of actProbe
+	}
+	// evProbe: the outcome of actProbe.
+	evProbe struct {
 		id      string
 		ip      netip.Addr
 		started time.Time
 		err     error
 	}
+	// evRetire: the outcome of actRetire.
 	evRetire struct {
 		id  string
 		err error
-	} // the outcome of actRetire
-	evDrained struct{ id string } // its backend carries nothing (-drain)
-	evTick    struct{}            // the time asked by actWake came
+	}
+	// evDrained: the backend of id carries nothing (-drain).
+	evDrained struct{ id string }
+	// evTick: the time asked by actWake came.
+	evTick struct{}
 )
 
 // Actions: what the rule asks the runner to do.
 type (
-	actProbe struct { // check id's readiness once; answer with evProbe
+	// actProbe: check the readiness of id's run at ip once; answer with
+	// evProbe.
+	actProbe struct {
 		id      string
 		ip      netip.Addr
 		started time.Time
 	}
+	// actServe: new connections go to id at ip ("": none).
 	actServe struct {
 		id string
 		ip netip.Addr
-	} // new connections go to id ("": none)
-	actSeal   struct{ id string } // id takes no new connection
-	actClose  struct{ id string } // close what id carries, forget its backend
+	}
+	// actSeal: id takes no new connection.
+	actSeal struct{ id string }
+	// actClose: close what id carries, and forget its backend.
+	actClose struct{ id string }
+	// actRetire: retire id as -retire says; answer with evRetire.
 	actRetire struct {
 		id  string
 		ip  netip.Addr
 		why string
-	} // retire id (-retire); answer with evRetire
-	actDrain struct{ id string }    // answer evDrained once id carries nothing
-	actWake  struct{ at time.Time } // send evTick at; zero: no timer needed
-)
-
-func (e evList) String() string {
-	ids := make([]string, len(e.ctrs))
-	for i, c := range e.ctrs {
-		ids[i] = c.id
 	}
-	return fmt.Sprintf("list%s[%s]", map[bool]string{true: "(initial)"}[e.initial], strings.Join(ids, " "))
-}
+	// actDrain: answer evDrained once id carries nothing.
+	actDrain struct{ id string }
+	// actWake: send evTick at this time; zero: no timer needed.
+	actWake struct{ at time.Time }
+)
 
 // step applies ev at now and returns what to do.
 func (r *rule) step(ev any, now time.Time) []any {
@@ -332,6 +339,7 @@ func (r *rule) stop(id string, destroyed bool, now time.Time) []any {
 		r.log.Warn("serving container stopped", "container", c.short(), "addr", c.ip)
 	}
 	if c.phase != phaseRetired {
+		maps.DeleteFunc(r.stops, func(_ string, ts []time.Time) bool { return now.Sub(ts[len(ts)-1]) > crashWindow })
 		r.stops[id] = append(r.stops[id], now)
 	}
 	if r.serving == id {
