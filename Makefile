@@ -20,7 +20,8 @@ test:
 # (make test runs 300 fixed seeds).
 SIMULATE_TIME ?= 5m
 simulate:
-	$(GO) test -count=1 -timeout 0 -run '^TestSimulate$$' -simulate.duration=$(SIMULATE_TIME) .
+	@mkdir -p bin; $(GO) test -count=1 -timeout 0 -run '^TestSimulate$$' -simulate.duration=$(SIMULATE_TIME) -v . >bin/simulate.log 2>&1; \
+		status=$$?; grep -Ev '^ *(=== RUN|--- PASS|=== NAME)' bin/simulate.log; exit $$status
 
 image: build
 	DOCKER_BUILDKIT=0 docker build -q -t $(IMAGE) .
