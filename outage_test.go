@@ -332,6 +332,26 @@ func TestOutagePause(t *testing.T) {
 	})
 }
 
+// A replayed pause (or health) event that is no longer true does not
+// stick: the daemon sends them only on a change.
+func TestOutageReplayedPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, a := newServingSim(t, 0)
+		s.event("paused", a, events.ContainerEventType, events.ActionPause, func(*simDocker) { a.paused = true })
+		s.event("unpaused", a, events.ContainerEventType, events.ActionUnPause, func(*simDocker) { a.paused = false })
+		s.wantServing(a.id)
+		s.do("the pause is replayed", func(d *simDocker) {
+			for _, ev := range d.log {
+				if ev.Action == events.ActionPause {
+					d.deliver(ev)
+				}
+			}
+		})
+		s.wait(time.Minute)
+		s.wantServing(a.id)
+	})
+}
+
 // Outage 10: a crash-looping container is damped: after a few stops in a
 // short time it gets no traffic until it stays up.
 func TestOutageCrashLoop(t *testing.T) {

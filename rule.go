@@ -110,22 +110,14 @@ type (
 		ctrs    []ctrInfo
 		initial bool
 	}
-	// evStart: a running container (perhaps paused), as inspected.
+	// evStart: a running container as inspected: after a start, and after
+	// a pause, unpause, health or network change (a change of the same
+	// run: paused, healthy, or a new address).
 	evStart struct{ ctr ctrInfo }
 	// evStop: a container stopped, is gone (destroyed), or lost its address.
 	evStop struct {
 		id        string
 		destroyed bool
-	}
-	// evPause: docker pause or unpause.
-	evPause struct {
-		id     string
-		paused bool
-	}
-	// evHealth: a HEALTHCHECK verdict.
-	evHealth struct {
-		id      string
-		healthy bool
 	}
 	// evProbe: the outcome of actProbe.
 	evProbe struct {
@@ -185,10 +177,6 @@ func (r *rule) step(ev any, now time.Time) []any {
 		acts = r.start(ev.ctr, now)
 	case evStop:
 		acts = r.stop(ev.id, ev.destroyed, now)
-	case evPause:
-		acts = r.pause(ev.id, ev.paused, now)
-	case evHealth:
-		r.health(ev.id, ev.healthy, now)
 	case evProbe:
 		r.probed(ev, now)
 	case evRetire:
@@ -255,6 +243,9 @@ func (r *rule) start(info ctrInfo, now time.Time) []any {
 	if c := r.ctrs[info.id]; c != nil {
 		switch {
 		case c.started.Equal(info.started) && c.ip == info.ip:
+			if info.unhealthy {
+				c.lastErr = errUnhealthy // for the log, if it is ignored
+			}
 			acts = append(acts, r.pause(info.id, info.paused, now)...)
 			if info.healthy != c.healthy {
 				r.health(info.id, info.healthy, now) // a health event missed
@@ -268,6 +259,9 @@ func (r *rule) start(info ctrInfo, now time.Time) []any {
 		acts = r.stop(info.id, false, now)
 	}
 	c := &record{ctrInfo: info, phase: phaseChecking, seen: now}
+	if info.unhealthy {
+		c.lastErr = errUnhealthy
+	}
 	r.ctrs[info.id] = c
 	age := min(max(info.age, 0), r.cfg.statusTimeout)
 	c.deadline = now.Add(r.cfg.statusTimeout - age)

@@ -36,6 +36,7 @@ type ctrInfo struct {
 
 	healthcheck bool          // the image or container defines a HEALTHCHECK
 	healthy     bool          // its state was healthy when inspected
+	unhealthy   bool          // its state was unhealthy (not only starting) when inspected
 	paused      bool          // docker pause: the kernel accepts, nothing answers
 	age         time.Duration // how long it had run when inspected, by the daemon's clock; 0: unknown
 }
@@ -213,12 +214,11 @@ func (w *watcher) translate(ctx context.Context, ev events.Message) (any, error)
 			delete(w.ours, id)
 		}
 		return evStop{id: id, destroyed: ev.Action == events.ActionDestroy}, nil
-	case events.ActionStart:
+	case events.ActionStart, events.ActionPause, events.ActionUnPause, "health_status: healthy", "health_status: unhealthy":
+		// The daemon sends pause and health events only on a change: a
+		// replayed one that is no longer true would stick, so the
+		// inspect tells what is true now.
 		return w.confirm(ctx, id, ev)
-	case events.ActionPause, events.ActionUnPause:
-		return evPause{id: id, paused: ev.Action == events.ActionPause}, nil
-	case "health_status: healthy", "health_status: unhealthy":
-		return evHealth{id: id, healthy: ev.Action == "health_status: healthy"}, nil
 	}
 	return nil, nil
 }
@@ -358,6 +358,7 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 		info.healthcheck = true
 		if c.State.Health != nil {
 			info.healthy = c.State.Health.Status == container.Healthy
+			info.unhealthy = c.State.Health.Status == container.Unhealthy
 		}
 	}
 	w.log.Debug("inspected", "container", info.short(), "addr", ip, "network", network, "healthcheck", info.healthcheck)
