@@ -81,16 +81,19 @@ const (
 // container started during the gap is not missed.
 func (w *watcher) run(ctx context.Context) error {
 	var (
-		since   int64 // unix ns: the last event seen, or the last subscription
+		since   int64 // unix ns: the daemon's time of the last event seen; before any, the proxy's at the first subscription
+		seen    bool  // an event came: since is the daemon's
 		backoff time.Duration
 		initial = true
 	)
 	for {
 		err := w.follow(ctx, since, initial, func(ev events.Message) {
-			since = max(since, ev.TimeNano)
+			since, seen = max(since, ev.TimeNano), true
 			backoff = 0
 		}, func(subscribed int64) {
-			since = max(since, subscribed)
+			if !seen {
+				since = subscribed // only a hint: the list after each subscription is what counts
+			}
 			if !initial && backoff > 0 {
 				w.log.Info("event stream restored")
 			}
@@ -136,8 +139,9 @@ func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen fu
 		opts.Since = fmt.Sprintf("%d.%09d", since/1e9, since%1e9)
 		netOpts.Since = opts.Since
 	}
-	// Since only asks the daemon to replay from about then: events before
-	// the list are harmless now, since each is checked by an inspect.
+	// Since only asks the daemon to replay from about then, by its own
+	// clock once an event has told it: events replayed from before the
+	// list are harmless, since each is checked (see translate).
 	listAt := time.Now().UnixNano()
 	msgs, errs := w.docker.Events(ctx, opts)
 	netMsgs, netErrs := w.docker.Events(ctx, netOpts)
