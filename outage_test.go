@@ -352,6 +352,36 @@ func TestOutageReplayedPause(t *testing.T) {
 	})
 }
 
+// A HEALTHCHECK container that became healthy while paused (its event
+// lost), then served, is retired once a newer one serves. Found by make
+// simulate: the unpause made it ready without counting it as ever ready,
+// so it was never retired.
+func TestOutageHealthyWhilePaused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := outageConfig
+		cfg.probes = false
+		s := startSim(t, rand.New(rand.NewPCG(1, 2)), 0, cfg)
+		var a *simCtr
+		s.do("deploy with a HEALTHCHECK", func(d *simDocker) { a = d.createHC(simTag, 0, false, true) })
+		s.do("it turns healthy; the event is lost", func(d *simDocker) {
+			d.drop = 1
+			d.healthChecks()
+		})
+		s.event("paused", a, events.ContainerEventType, events.ActionPause, func(*simDocker) { a.paused = true })
+		s.event("unpaused", a, events.ContainerEventType, events.ActionUnPause, func(*simDocker) { a.paused = false })
+		s.wantServing(a.id)
+		s.event("paused again", a, events.ContainerEventType, events.ActionPause, func(*simDocker) { a.paused = true })
+		var b *simCtr
+		s.do("a newer one", func(d *simDocker) { b = d.createHC(simTag, 0, false, true) })
+		s.healthChecks()
+		s.wantServing(b.id)
+		s.wait(cfg.grace + time.Second)
+		if s.exists(a.id) {
+			t.Errorf("%s, which served, still exists a grace period after %s took over", a.id, b.id)
+		}
+	})
+}
+
 // Outage 10: a crash-looping container is damped: after a few stops in a
 // short time it gets no traffic until it stays up.
 func TestOutageCrashLoop(t *testing.T) {

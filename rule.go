@@ -388,7 +388,7 @@ func (r *rule) pause(id string, paused bool, now time.Time) []any {
 		if !r.byHealthcheck(c.ctrInfo) {
 			c.probeAt = now
 		} else {
-			c.ready = c.healthy
+			r.verdict(c, c.healthy, now)
 		}
 	}
 	return nil
