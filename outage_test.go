@@ -237,6 +237,29 @@ func TestOutageNetworkDisconnect(t *testing.T) {
 	})
 }
 
+// Outage 7, while the event stream cannot tell: a container whose address
+// went to a container of another image, unseen, is not taken for ready
+// when that one answers the probe. Found by the simulation at once.
+func TestOutageAddressReusedUnseen(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, a := newServingSim(t, 0)
+		b := s.deploy(-1) // never answers: ignored, checked every probeSlow
+		s.wait(outageConfig.statusTimeout + time.Second)
+		s.do("it is disconnected and another image's container gets its address; the events are lost", func(d *simDocker) {
+			d.drop = 2
+			ip := b.ip
+			b.ip = netipNone
+			d.emit(events.NetworkEventType, events.ActionDisconnect, b)
+			d.create("other:latest", 0, false)
+			if d.ctrs["c003"].ip != ip {
+				t.Fatalf("the other container got %v; want %v", d.ctrs["c003"].ip, ip)
+			}
+		})
+		s.wait(time.Minute)
+		s.wantServing(a.id)
+	})
+}
+
 // Outage 8: a rollback goes only to a ready container, and a container
 // ignored for a stall keeps being checked and serves once ready.
 func TestOutageRollbackTargetMustBeReady(t *testing.T) {
