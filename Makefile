@@ -7,7 +7,7 @@ GOFLAGS_BUILD := -trimpath
 PREFIX   ?= /usr/local
 COMMIT   := $(shell git rev-parse --short HEAD 2>/dev/null)
 
-.PHONY: build test image demo lint portable bench bench-quick gobench soak fuzz install clean
+.PHONY: build test simulate image demo lint portable bench bench-quick gobench soak fuzz install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-X main.commit=$(COMMIT)" -o $(BIN) .
@@ -15,6 +15,13 @@ build:
 # The whole suite, against the real Docker daemon, under the race detector.
 test:
 	$(GO) test -race -count=1 -timeout 60m ./...
+
+# The deploy rule's simulation, with new random seeds for SIMULATE_TIME
+# (make test runs 300 fixed seeds).
+SIMULATE_TIME ?= 5m
+simulate:
+	@mkdir -p bin; $(GO) test -count=1 -timeout 0 -run '^TestSimulate$$' -simulate.duration=$(SIMULATE_TIME) -v . >bin/simulate.log 2>&1; \
+		status=$$?; grep -Ev '^ *(=== RUN|--- PASS|=== NAME)' bin/simulate.log; exit $$status
 
 image: build
 	DOCKER_BUILDKIT=0 docker build -q -t $(IMAGE) .

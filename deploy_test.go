@@ -18,10 +18,10 @@ import (
 	"github.com/docker/docker/api/types/network"
 )
 
-// The deployer tests run in synctest bubbles: time is fake, so grace
-// periods and status timeouts are checked to the nanosecond, and
-// synctest.Wait lets the deployer and the goroutines it starts settle
-// before each assertion.
+// The deploy rule's tests run it with its runner in synctest bubbles: time
+// is fake, so grace periods and status timeouts are checked to the
+// nanosecond, and synctest.Wait lets the runner and the goroutines it
+// starts settle before each assertion.
 
 // ctrEpoch is when the test containers were created, n seconds apart.
 var ctrEpoch = time.Date(1999, 12, 31, 0, 0, 0, 0, time.UTC)
@@ -41,19 +41,17 @@ func deployCtr(n int) ctrInfo {
 var errStillStarting = errors.New("still starting")
 
 // scriptedReadiness makes each container address ready at a time the test
-// sets, or never; it honours ctx and the deadline as the real checker does.
+// sets, or never, and counts the probes.
 type scriptedReadiness struct {
 	mu     sync.Mutex
 	at     map[netip.Addr]time.Time // absent: never ready
 	probes map[netip.Addr]int
-	waits  map[netip.Addr]int
 }
 
 func newScriptedReadiness() *scriptedReadiness {
 	return &scriptedReadiness{
 		at:     make(map[netip.Addr]time.Time),
 		probes: make(map[netip.Addr]int),
-		waits:  make(map[netip.Addr]int),
 	}
 }
 
@@ -63,46 +61,21 @@ func (r *scriptedReadiness) set(ip netip.Addr, at time.Time) {
 	r.at[ip] = at
 }
 
-func (r *scriptedReadiness) count(calls map[netip.Addr]int, ip netip.Addr) (time.Time, bool) {
+// probeCount reports how many probes ip has had.
+func (r *scriptedReadiness) probeCount(ip netip.Addr) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	calls[ip]++
-	at, ok := r.at[ip]
-	return at, ok
-}
-
-// waitCount reports how many readiness checks ip has had.
-func (r *scriptedReadiness) waitCount(ip netip.Addr) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.waits[ip]
+	return r.probes[ip]
 }
 
 func (r *scriptedReadiness) probe(ctx context.Context, ip netip.Addr) error {
-	at, ok := r.count(r.probes, ip)
-	if ok && !time.Now().Before(at) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.probes[ip]++
+	if at, ok := r.at[ip]; ok && !time.Now().Before(at) {
 		return nil
 	}
 	return errStillStarting
-}
-
-func (r *scriptedReadiness) waitReady(ctx context.Context, ip netip.Addr, deadline time.Time) error {
-	at, ok := r.count(r.waits, ip)
-	end := deadline
-	if ok && at.Before(deadline) {
-		end = at
-	}
-	timer := time.NewTimer(time.Until(end))
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.C:
-	}
-	if ok && !at.After(deadline) {
-		return nil
-	}
-	return fmt.Errorf("not ready in time: %w", errStillStarting)
 }
 
 // retirement is one retire call: which container, how long after the
@@ -140,47 +113,60 @@ func (r *recordingRetirer) list() []retirement {
 	return got
 }
 
-// deployHarness runs a deployer in the current synctest bubble.
+// deployHarness runs the rule and its runner in the current synctest
+// bubble.
 type deployHarness struct {
 	t       *testing.T
 	start   time.Time
 	route   *router
 	ready   *scriptedReadiness
 	retired *recordingRetirer
-	changes chan change
+	logs    *logBuffer
+	events  chan any
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
 
-// newDeployHarness starts a deployer with a 10s status timeout and a 5s
+// newDeployHarness starts a runner with a 10s status timeout and a 5s
 // grace period, changed by configure if not nil. It must be called inside
-// a bubble; the deployer stops when the test ends.
-func newDeployHarness(t *testing.T, configure func(*deployer)) *deployHarness {
+// a bubble; the runner stops when the test ends.
+func newDeployHarness(t *testing.T, configure func(*ruleConfig)) *deployHarness {
 	h := &deployHarness{
-		t:       t,
-		start:   time.Now(),
-		route:   newRouter(),
-		ready:   newScriptedReadiness(),
-		changes: make(chan change),
-		done:    make(chan struct{}),
+		t:      t,
+		start:  time.Now(),
+		route:  newRouter(),
+		ready:  newScriptedReadiness(),
+		logs:   &logBuffer{},
+		events: make(chan any),
+		done:   make(chan struct{}),
 	}
 	h.retired = &recordingRetirer{start: h.start}
-	d := newDeployer(h.route, []portMap{{80, 80}}, h.ready, h.retired, slog.New(slog.DiscardHandler))
-	d.statusTimeout, d.grace = 10*time.Second, 5*time.Second
+	cfg := ruleConfig{statusTimeout: 10 * time.Second, grace: 5 * time.Second}
 	if configure != nil {
-		configure(d)
+		configure(&cfg)
 	}
+	ports := []portMap{{80, 80}}
+	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rn := newRunner(newRule(cfg, log, newMetrics(ports)), h.route, ports, h.ready, h.retired, log)
 	ctx, cancel := context.WithCancel(t.Context())
 	h.cancel = cancel
 	go func() {
 		defer close(h.done)
-		d.run(ctx, h.changes)
+		rn.run(ctx, h.events)
 	}()
 	t.Cleanup(func() {
 		cancel()
 		<-h.done
+		if t.Failed() {
+			t.Logf("log:\n%s", h.logs.String())
+		}
 	})
 	return h
+}
+
+// checks counts the readiness checks started for c.
+func (h *deployHarness) checks(c ctrInfo) int {
+	return len(h.logs.lines("checking readiness", "container", c.short()))
 }
 
 // readyAt makes c ready at offset after the bubble started.
@@ -188,19 +174,19 @@ func (h *deployHarness) readyAt(c ctrInfo, after time.Duration) {
 	h.ready.set(c.ip, h.start.Add(after))
 }
 
-// send hands one change to the deployer and lets it settle.
-func (h *deployHarness) send(ch change) {
-	h.changes <- ch
+// send hands one event to the runner and lets it settle.
+func (h *deployHarness) send(ev any) {
+	h.events <- ev
 	synctest.Wait()
 }
 
 func (h *deployHarness) initial(list ...ctrInfo) {
-	h.send(change{kind: synced, list: list, initial: true})
+	h.send(evList{ctrs: list, initial: true})
 }
 
-func (h *deployHarness) startedCtr(c ctrInfo) { h.send(change{kind: started, ctr: c}) }
+func (h *deployHarness) startedCtr(c ctrInfo) { h.send(evStart{ctr: c}) }
 
-func (h *deployHarness) stoppedCtr(c ctrInfo) { h.send(change{kind: stopped, id: c.id}) }
+func (h *deployHarness) stoppedCtr(c ctrInfo) { h.send(evStop{id: c.id}) }
 
 // sleepUntil advances the fake clock to offset after the bubble started and
 // lets everything due by then happen.
@@ -309,7 +295,7 @@ func TestDeployStartup(t *testing.T) {
 // takes over when ready, the older being retired a grace period later.
 func TestDeployStartupNewestStillStarting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newDeployHarness(t, func(d *deployer) { d.grace = 5 * time.Second })
+		h := newDeployHarness(t, func(d *ruleConfig) { d.grace = 5 * time.Second })
 		older, newest := deployCtr(1), deployCtr(2)
 		h.readyAt(older, 0)
 		h.readyAt(newest, 2*time.Second)
@@ -337,7 +323,7 @@ func TestDeployStartupNewestStillStarting(t *testing.T) {
 func TestDeploySwap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const grace = 5 * time.Second
-		h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+		h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 		a, b := deployCtr(1), deployCtr(2)
 		h.readyAt(a, 0)
 		h.readyAt(b, time.Second)
@@ -377,11 +363,13 @@ func TestDeploySwap(t *testing.T) {
 }
 
 // TestDeployStatusTimeout checks that a container that never gets ready is
-// ignored: left alone, with the old one serving and never retired. A later
-// ready container clears it away as an older one that never served.
+// ignored: left alone, with the old one serving and never retired, and
+// still checked, slowly. A later ready container does not clear it away
+// either: a container that never became ready is never retired (a one-off
+// container of the image, a migration, must not be removed mid-run).
 func TestDeployStatusTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newDeployHarness(t, func(d *deployer) {
+		h := newDeployHarness(t, func(d *ruleConfig) {
 			d.statusTimeout = 3 * time.Second
 			d.grace = 5 * time.Second
 		})
@@ -390,27 +378,54 @@ func TestDeployStatusTimeout(t *testing.T) {
 		h.initial(a)
 		served := h.route.load()
 		h.startedCtr(b)
+		h.sleepUntil(3 * time.Second)
+		fast := h.ready.probeCount(b.ip)
+		if fast < 10 {
+			t.Errorf("got %d probes of ctr2 within its status timeout; want one every %v", fast, probeFast)
+		}
 		h.sleepUntil(time.Hour)
 		if h.route.load() != served {
 			t.Errorf("got serving %q; want the same backend of ctr1", h.serving())
 		}
 		h.wantRetired()
-		if n := h.ready.waitCount(b.ip); n != 1 {
-			t.Errorf("got %d checks of ctr2; want 1", n)
+		slow := h.ready.probeCount(b.ip) - fast
+		if want := int(time.Hour / probeSlow); slow < want-1 || slow > want+1 {
+			t.Errorf("got %d probes of the ignored ctr2 in an hour; want about %d (one every %v)", slow, want, probeSlow)
 		}
 
 		h.readyAt(c, time.Hour+time.Second)
 		h.startedCtr(c)
 		h.sleepUntil(time.Hour + time.Second)
 		h.wantServing("ctr3")
-		h.wantRetired(retirement{"ctr2", time.Hour + time.Second})
 		h.sleepUntil(2 * time.Hour)
-		h.wantRetired(retirement{"ctr2", time.Hour + time.Second}, retirement{"ctr1", time.Hour + 6*time.Second})
+		h.wantRetired(retirement{"ctr1", time.Hour + 6*time.Second})
+	})
+}
+
+// TestDeployIgnoredServesOnceReady checks that an ignored container is
+// still checked and serves once it is the newest ready one (it only
+// stalled past its status timeout).
+func TestDeployIgnoredServesOnceReady(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newDeployHarness(t, func(d *ruleConfig) { d.statusTimeout = 3 * time.Second })
+		a, b := deployCtr(1), deployCtr(2)
+		h.readyAt(a, 0)
+		h.readyAt(b, 20*time.Second)
+		h.initial(a)
+		h.startedCtr(b)
+		h.sleepUntil(4 * time.Second)
+		if len(h.logs.lines("ignored: not ready in time", "container", b.short())) != 1 {
+			t.Fatal("ctr2 not ignored at its status timeout")
+		}
+		h.sleepUntil(20*time.Second + probeSlow)
+		h.wantServing("ctr2")
+		h.sleepUntil(time.Hour)
+		h.wantRetired(retirement{"ctr1", 23*time.Second + 5*time.Second})
 	})
 }
 
 // TestDeployOlderStartsLater checks that a container older than the serving
-// one is retired when it starts, unchecked and never served.
+// one is checked when it starts, and retired once ready, never served.
 func TestDeployOlderStartsLater(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newDeployHarness(t, nil)
@@ -427,9 +442,21 @@ func TestDeployOlderStartsLater(t *testing.T) {
 			t.Errorf("got serving %q; want the same backend of ctr2", h.serving())
 		}
 		h.wantRetired(retirement{"ctr1", time.Second})
-		if n := h.ready.waitCount(older.ip); n != 0 {
-			t.Errorf("got %d checks of the older container; want 0", n)
-		}
+	})
+}
+
+// TestDeployOlderNeverReady checks that an older container that never
+// becomes ready is left alone.
+func TestDeployOlderNeverReady(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newDeployHarness(t, nil)
+		older, serving := deployCtr(1), deployCtr(2)
+		h.readyAt(serving, 0)
+		h.initial(serving)
+		h.startedCtr(older)
+		h.sleepUntil(time.Hour)
+		h.wantServing("ctr2")
+		h.wantRetired()
 	})
 }
 
@@ -466,7 +493,7 @@ func TestDeployRollback(t *testing.T) {
 	const grace = 10 * time.Second
 	t.Run("old still runs", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+			h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 			a, b, c := deployCtr(1), deployCtr(2), deployCtr(3)
 			h.readyAt(a, 0)
 			h.readyAt(b, 0)
@@ -497,7 +524,7 @@ func TestDeployRollback(t *testing.T) {
 	})
 	t.Run("old stopped too", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+			h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 			a, b := deployCtr(1), deployCtr(2)
 			h.readyAt(a, 0)
 			h.readyAt(b, 0)
@@ -536,7 +563,7 @@ func TestDeployDrain(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				h := newDeployHarness(t, func(d *deployer) { d.grace, d.drain = grace, true })
+				h := newDeployHarness(t, func(d *ruleConfig) { d.grace, d.drain = grace, true })
 				a, b := deployCtr(1), deployCtr(2)
 				h.readyAt(a, 0)
 				h.readyAt(b, swap)
@@ -568,18 +595,18 @@ func TestDeployResync(t *testing.T) {
 	const grace = 5 * time.Second
 	t.Run("new one listed, serving one missing", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+			h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 			a, b := deployCtr(1), deployCtr(2)
 			h.readyAt(a, 0)
 			h.readyAt(b, time.Second)
 			h.initial(a)
 			old := h.route.load()
-			h.send(change{kind: synced, list: []ctrInfo{b}})
+			h.send(evList{ctrs: []ctrInfo{b}})
 			h.wantServing("")
 			if old.track(deployTestPair()) {
 				t.Error("the backend of the missing container took a connection; want it closed")
 			}
-			if n := h.ready.waitCount(b.ip); n != 1 {
+			if n := h.checks(b); n != 1 {
 				t.Errorf("got %d checks of the new container; want 1", n)
 			}
 			h.sleepUntil(time.Second)
@@ -590,13 +617,13 @@ func TestDeployResync(t *testing.T) {
 	})
 	t.Run("new one and serving one listed", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+			h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 			a, b := deployCtr(1), deployCtr(2)
 			h.readyAt(a, 0)
 			h.readyAt(b, time.Second)
 			h.initial(a)
 			served := h.route.load()
-			h.send(change{kind: synced, list: []ctrInfo{a, b}})
+			h.send(evList{ctrs: []ctrInfo{a, b}})
 			if h.route.load() != served {
 				t.Errorf("got serving %q; want the same backend of ctr1", h.serving())
 			}
@@ -608,14 +635,14 @@ func TestDeployResync(t *testing.T) {
 	})
 	t.Run("checking one missing", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+			h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 			a, b := deployCtr(1), deployCtr(2)
 			h.readyAt(a, 0)
 			h.readyAt(b, 5*time.Second)
 			h.initial(a)
 			h.startedCtr(b)
 			h.sleepUntil(time.Second)
-			h.send(change{kind: synced, list: []ctrInfo{a}})
+			h.send(evList{ctrs: []ctrInfo{a}})
 			h.sleepUntil(time.Hour)
 			h.wantServing("ctr1")
 			h.wantRetired()
@@ -628,14 +655,14 @@ func TestDeployResync(t *testing.T) {
 // seen.
 func TestDeployResyncMissingRetiring(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newDeployHarness(t, func(d *deployer) { d.grace = 10 * time.Second })
+		h := newDeployHarness(t, func(d *ruleConfig) { d.grace = 10 * time.Second })
 		a, b := deployCtr(1), deployCtr(2)
 		h.readyAt(a, 0)
 		h.readyAt(b, 0)
 		h.initial(a)
 		h.startedCtr(b) // ctr1 retiring
 		h.sleepUntil(time.Second)
-		h.send(change{kind: synced, list: []ctrInfo{b}}) // ctr1 died unseen
+		h.send(evList{ctrs: []ctrInfo{b}}) // ctr1 died unseen
 		h.sleepUntil(2 * time.Second)
 		h.stoppedCtr(b)
 		h.wantServing("") // got "ctr1": a container that no longer runs
@@ -661,14 +688,14 @@ func TestDeployRepeatedStart(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				const grace = 5 * time.Second
-				h := newDeployHarness(t, func(d *deployer) { d.grace = grace })
+				h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
 				a, b := deployCtr(1), deployCtr(2)
 				h.readyAt(a, 0)
 				h.readyAt(b, 2*time.Second)
 				h.initial(a)
 				served := h.route.load()
 				h.startedCtr(b)
-				checksA := h.ready.waitCount(a.ip)
+				checksA := h.checks(a)
 
 				h.sleepUntil(time.Second)
 				again := deployCtr(tt.ctr)
@@ -679,10 +706,10 @@ func TestDeployRepeatedStart(t *testing.T) {
 				if got := h.route.load() == served; got != tt.sameBack {
 					t.Errorf("got same backend %v (serving %q); want %v", got, h.serving(), tt.sameBack)
 				}
-				if n := h.ready.waitCount(a.ip); n != checksA {
+				if n := h.checks(a); n != checksA {
 					t.Errorf("got %d checks of ctr1; want %d", n, checksA)
 				}
-				if n := h.ready.waitCount(b.ip); n != tt.checksB {
+				if n := h.checks(b); n != tt.checksB {
 					t.Errorf("got %d checks of ctr2; want %d", n, tt.checksB)
 				}
 				h.sleepUntil(2 * time.Second)
@@ -699,7 +726,7 @@ func TestDeployRepeatedStart(t *testing.T) {
 // nothing, even a container whose grace period was running.
 func TestDeployStopsWithContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newDeployHarness(t, func(d *deployer) { d.grace = 10 * time.Second })
+		h := newDeployHarness(t, func(d *ruleConfig) { d.grace = 10 * time.Second })
 		a, b, c := deployCtr(1), deployCtr(2), deployCtr(3)
 		h.readyAt(a, 0)
 		h.readyAt(b, 0)
@@ -890,6 +917,85 @@ func TestTagMatcher(t *testing.T) {
 	for _, bad := range []string{"", "MyApp", "my app", "myapp:"} {
 		if _, err := newTagMatcher(bad); err == nil {
 			t.Errorf("newTagMatcher(%q): got no error; want one", bad)
+		}
+	}
+}
+
+// TestDeployProbeSchedule (outage 6) checks that probes are only as
+// frequent as the rule needs: fast until ready; then none while nothing
+// could take over; during a grace period, while a rollback is possible,
+// one every probeWatch; none after it. (Before, a new container was probed
+// every 200ms for its whole grace period: with MariaDB's defaults, 100
+// such handshake-less connections block the proxy's address.)
+func TestDeployProbeSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const grace = 10 * time.Second
+		h := newDeployHarness(t, func(d *ruleConfig) { d.grace = grace })
+		a, b := deployCtr(1), deployCtr(2)
+		h.readyAt(a, time.Second)
+		h.initial(a)
+		h.sleepUntil(time.Second)
+		h.wantServing("ctr1")
+		if n := h.ready.probeCount(a.ip); n != int(time.Second/probeFast)+1 {
+			t.Errorf("got %d probes of ctr1 until ready at 1s; want one every %v", n, probeFast)
+		}
+		before := h.ready.probeCount(a.ip)
+		h.sleepUntil(time.Minute)
+		if n := h.ready.probeCount(a.ip) - before; n != 0 {
+			t.Errorf("got %d probes of the only serving container; want none", n)
+		}
+
+		h.readyAt(b, time.Minute)
+		h.startedCtr(b)
+		h.wantServing("ctr2")
+		h.sleepUntil(time.Minute + grace)
+		h.wantRetired(retirement{"ctr1", time.Minute + grace})
+		during := h.ready.probeCount(b.ip)
+		if want := int(grace / probeWatch); during < want-1 || during > want+1 {
+			t.Errorf("got %d probes of ctr2 in the grace period of ctr1; want about %d (one every %v)", during, want, probeWatch)
+		}
+		h.sleepUntil(time.Hour)
+		if n := h.ready.probeCount(b.ip) - during; n != 0 {
+			t.Errorf("got %d probes of ctr2 once no rollback was possible; want none", n)
+		}
+	})
+}
+
+// TestDeployStatusTimeoutFromStart (outage 12) checks that -status_timeout
+// counts from the container's start when the daemon tells how long it has
+// run (a proxy restarted during a deploy), within the timeout.
+func TestDeployStatusTimeoutFromStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newDeployHarness(t, nil) // 10s status timeout
+		c := deployCtr(1)
+		c.age = 8 * time.Second
+		h.initial(c)
+		h.sleepUntil(2*time.Second - 1)
+		if len(h.logs.lines("ignored: not ready in time")) != 0 {
+			t.Fatal("ignored before its status timeout, counted from its start")
+		}
+		h.sleepUntil(2 * time.Second)
+		if len(h.logs.lines("ignored: not ready in time")) != 1 {
+			t.Fatal("not ignored 10s after its start")
+		}
+	})
+}
+
+// TestUpFor checks how the daemon's "Up ..." status is read.
+func TestUpFor(t *testing.T) {
+	for status, want := range map[string]time.Duration{
+		"Up 8 seconds":                8 * time.Second,
+		"Up 1 second":                 time.Second,
+		"Up Less than a second":       0,
+		"Up About a minute (healthy)": time.Minute,
+		"Up 3 minutes (Paused)":       3 * time.Minute,
+		"Up 2 hours":                  2 * time.Hour,
+		"Exited (0) 3 seconds ago":    0,
+		"Up 4 days":                   0,
+		"":                            0,
+	} {
+		if got := upFor(status); got != want {
+			t.Errorf("upFor(%q) = %v; want %v", status, got, want)
 		}
 	}
 }

@@ -85,7 +85,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&cfg.address, "address", "0.0.0.0", "the `address` the proxy listens on")
 	fs.StringVar(&cfg.docker, "docker", defaultDocker, "`URL` of the Docker API, unix:///path or tcp://host:port (when not set: $DOCKER_HOST, $DOCKER_TLS_VERIFY and $DOCKER_CERT_PATH as the docker CLI reads them)")
 	fs.Var(portsFlag{&cfg.ports}, "ports", "`ports` to forward, comma-delimited: P (host P to container P) or H=C (host H to container C), e.g. 80,443=3000")
-	fs.Var(statusFlag{&cfg.statusURL}, "status_url", "`:PORT/URI` on the container's IP that answers 200 once it is ready, e.g. :80/server-status (none: see -status_port, else a HEALTHCHECK, else ready at once)")
+	fs.Var(statusFlag{&cfg.statusURL}, "status_url", "`:PORT/URI` on the container's IP that answers 200 once it is ready, e.g. :80/server-status (none: see -status_port, else a HEALTHCHECK, else ready once the first mapping's container port accepts a connection)")
 	fs.Var(durationFlag{&cfg.statusTimeout}, "status_timeout", "how long a new container may take to become ready before it is ignored")
 	fs.StringVar(&cfg.tag, "tag", "", "the image `reference` the containers are started from, e.g. myapp:latest")
 	fs.Var(durationFlag{&cfg.grace}, "grace_period", "how long an old container keeps its connections after a new one serves, before it is removed (docker rm -f)")

@@ -184,14 +184,10 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 	route := newRouter()
 	p := newProxy(route, cfg.ports, cfg.hold, cfg.maxConns, log)
 	p.replayMax, p.proxyProtocol = cfg.replayBytes, cfg.proxyProtocol
-	changes := make(chan change)
-	w := &watcher{docker: docker, sel: sel, net: cfg.network, log: log, out: changes, m: p.m}
-	d := newDeployer(route, cfg.ports, newChecker(cfg.statusURL, cfg.statusPort),
-		dockerRetirer{docker: docker, mode: cfg.retire, stopTimeout: cfg.stopTimeout}, log)
-	d.statusTimeout, d.grace, d.drain = cfg.statusTimeout, cfg.grace, cfg.drain
-	d.probes = cfg.statusURL.port != 0 || cfg.statusPort != 0
-	d.m, d.name = p.m, sel.String()
-	d.publish()
+	events := make(chan any)
+	w := &watcher{docker: docker, sel: sel, net: cfg.network, log: log, out: events, m: p.m}
+	d := newDeployRunner(cfg, route, docker, p.m, log)
+	d.name = sel.String()
 
 	var wg sync.WaitGroup
 	if cfg.metricsAddr != "" {
@@ -206,7 +202,7 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 		})
 	}
 	wg.Go(func() { _ = w.run(ctx) })
-	wg.Go(func() { d.run(ctx, changes) })
+	wg.Go(func() { d.run(ctx, events) })
 	for i, ln := range lns {
 		log.Info("listening", "addr", ln.Addr().String(), "port", cfg.ports[i].String())
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })

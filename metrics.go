@@ -30,6 +30,7 @@ type metrics struct {
 	bytesUp, bytesDown []prometheus.Counter // client to container, and back
 
 	swaps, removals, rollbacks, reconnects prometheus.Counter
+	removalFailures                        prometheus.Counter
 	readiness                              *prometheus.CounterVec
 	readyTime                              prometheus.Histogram
 	serving                                *prometheus.GaugeVec
@@ -70,6 +71,8 @@ func newMetrics(ports []portMap) *metrics {
 			Name: "docker_proxy_serving_info", Help: "The container new connections go to (value 1).",
 		}, []string{"container", "addr"}),
 	}
+	m.removalFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "docker_proxy_removal_failures_total", Help: "Failed attempts to retire a container; each is retried with backoff."})
+	f(m.removalFailures)
 	f(m.swaps)
 	f(m.removals)
 	f(m.rollbacks)
@@ -91,53 +94,11 @@ func newMetrics(ports []portMap) *metrics {
 }
 
 // setServing records the serving container; nil for none.
-func (m *metrics) setServing(c *ctr) {
+func (m *metrics) setServing(c *ctrInfo) {
 	m.serving.Reset()
 	if c != nil {
 		m.serving.WithLabelValues(c.short(), c.ip.String()).Set(1)
 	}
-}
-
-// status is the /status document: what the deployer knows now.
-type status struct {
-	Selector string      `json:"selector"`
-	Serving  *ctrStatus  `json:"serving"`
-	Pending  []ctrStatus `json:"pending"`  // readiness check running
-	Draining []ctrStatus `json:"draining"` // in their grace period
-	Ignored  []ctrStatus `json:"ignored"`  // not ready in time
-	Events   string      `json:"events"`   // "connected" or "reconnecting"
-}
-
-type ctrStatus struct {
-	Container   string    `json:"container"`
-	Addr        string    `json:"addr"`
-	Created     time.Time `json:"created"`
-	Connections int       `json:"connections"` // counted when /status is read
-	backend     *backend
-}
-
-// current fills in what changes without an event: connection counts, and
-// the state of the event stream.
-func (s status) current(connected bool) status {
-	fill := func(cs []ctrStatus) []ctrStatus {
-		out := make([]ctrStatus, len(cs))
-		for i, c := range cs {
-			if c.backend != nil {
-				c.Connections = c.backend.count()
-			}
-			out[i] = c
-		}
-		return out
-	}
-	if s.Serving != nil {
-		s.Serving = &fill([]ctrStatus{*s.Serving})[0]
-	}
-	s.Pending, s.Draining, s.Ignored = fill(s.Pending), fill(s.Draining), fill(s.Ignored)
-	s.Events = "reconnecting"
-	if connected {
-		s.Events = "connected"
-	}
-	return s
 }
 
 // The metrics server is for a scraper and a person with curl, never for

@@ -220,9 +220,11 @@ func TestDockerHealthcheckNeverHealthy(t *testing.T) {
 	}
 }
 
-// TestDockerHealthcheckUnhealthyIgnored: a new container that turns
-// unhealthy is ignored at once, well before -status_timeout ends.
-func TestDockerHealthcheckUnhealthyIgnored(t *testing.T) {
+// TestDockerHealthcheckUnhealthyWhileStarting (outage 12): a HEALTHCHECK
+// without a start period reports unhealthy while the service starts; that
+// is "not ready yet" within -status_timeout, and the container serves once
+// healthy. (Before, the first unhealthy report ignored it for good.)
+func TestDockerHealthcheckUnhealthyWhileStarting(t *testing.T) {
 	img := healthImage(t, "") // the first failed check makes it unhealthy
 	old := startCtr(t, img)
 	cfg := testConfig(img, portMap{80, 80})
@@ -230,10 +232,33 @@ func TestDockerHealthcheckUnhealthyIgnored(t *testing.T) {
 	p := startProxy(t, cfg)
 	waitServed(t, p.addrs[0], old, 15*time.Second)
 
+	nu := startCtr(t, img, "-ready_after", "3s")
+	eventually(t, 10*time.Second, "the new container reported unhealthy", func() bool {
+		return healthStatus(t, nu.id) == container.Unhealthy
+	})
+	if host := whoAnswers(t, p.addrs[0]); host != old.host {
+		t.Fatalf("answered by %s while the new container is unhealthy; want the old container %s", host, old.host)
+	}
+	waitServed(t, p.addrs[0], nu, 20*time.Second)
+	if ls := p.logs.lines("ignored: not ready in time", "container", nu.short()); len(ls) > 0 {
+		t.Errorf("the new container was ignored: %v", ls)
+	}
+}
+
+// TestDockerHealthcheckUnhealthyIgnored: a new container that stays
+// unhealthy is ignored at the end of -status_timeout, and left running.
+func TestDockerHealthcheckUnhealthyIgnored(t *testing.T) {
+	img := healthImage(t, "") // the first failed check makes it unhealthy
+	old := startCtr(t, img)
+	cfg := testConfig(img, portMap{80, 80})
+	cfg.statusTimeout = 3 * time.Second
+	p := startProxy(t, cfg)
+	waitServed(t, p.addrs[0], old, 15*time.Second)
+
 	nu := startCtr(t, img, "-fail_status")
 	line := p.logs.waitLog(t, 20*time.Second, "ignored: not ready in time", "container", nu.short())
 	if msg, _ := line["err"].(string); !strings.Contains(msg, "unhealthy") {
-		t.Errorf("ignored with err %q; want the unhealthy report, not the timeout", msg)
+		t.Errorf("ignored with err %q; want the unhealthy report", msg)
 	}
 	if got := healthStatus(t, nu.id); got != container.Unhealthy {
 		t.Errorf("health status %q; want unhealthy", got)

@@ -247,10 +247,9 @@ func TestCheckerProbeBoundedBody(t *testing.T) {
 	}
 }
 
-// TestCheckerWaitReadyHungAttempt checks that an attempt that hangs fails
-// on its own timeout, and that waitReady keeps polling and succeeds once
-// the container answers.
-func TestCheckerWaitReadyHungAttempt(t *testing.T) {
+// TestCheckerProbeHungAttempt checks that an attempt that hangs fails on
+// its own timeout, so that the rule's next probe can succeed.
+func TestCheckerProbeHungAttempt(t *testing.T) {
 	done := releaseOnCleanup(t)
 	var attempts atomic.Int32
 	_, c := newStatusServer(t, "/", func(w http.ResponseWriter, r *http.Request) {
@@ -264,109 +263,72 @@ func TestCheckerWaitReadyHungAttempt(t *testing.T) {
 		w.WriteHeader(http.StatusOK)
 	})
 	start := time.Now()
-	if err := c.waitReady(t.Context(), statusTestIP, start.Add(5*time.Second)); err != nil {
-		t.Fatalf("got %v; want ready", err)
+	if err := c.probe(t.Context(), statusTestIP); err == nil {
+		t.Fatal("a hung attempt succeeded")
 	}
-	if n := attempts.Load(); n < 2 {
-		t.Errorf("got %d attempts; want at least 2", n)
+	if d := time.Since(start); d < statusAttempt || d > statusAttempt+time.Second {
+		t.Errorf("the hung attempt failed after %v; want its timeout %v", d, statusAttempt)
 	}
-	if d := time.Since(start); d < statusAttempt {
-		t.Errorf("ready after %v; want the first attempt to take its timeout %v", d, statusAttempt)
+	if err := c.probe(t.Context(), statusTestIP); err != nil {
+		t.Errorf("the next attempt: got %v; want ready", err)
 	}
 }
 
-// TestCheckerWaitReadyDeadline checks that when the deadline passes,
-// waitReady says so and carries the last failure, which is what the log
-// line of an ignored container shows.
-func TestCheckerWaitReadyDeadline(t *testing.T) {
-	var attempts atomic.Int32
+// TestCheckerProbeCanceled checks that a cancelled attempt (the container
+// stopped, the proxy stops) ends at once.
+func TestCheckerProbeCanceled(t *testing.T) {
+	done := releaseOnCleanup(t)
+	hit := make(chan struct{}, 1)
 	_, c := newStatusServer(t, "/", func(w http.ResponseWriter, r *http.Request) {
-		attempts.Add(1)
-		w.WriteHeader(http.StatusServiceUnavailable)
+		hit <- struct{}{}
+		select {
+		case <-r.Context().Done():
+		case <-done:
+		}
 	})
-	// The deadline falls between two ticks, so the last attempt has
-	// finished with its 503 when it passes.
-	timeout := 2*statusInterval + statusInterval/2
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.probe(ctx, statusTestIP) }()
+	select {
+	case <-hit:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no attempt within 5s")
+	}
+	cancel()
 	start := time.Now()
-	err := c.waitReady(t.Context(), statusTestIP, start.Add(timeout))
-	d := time.Since(start)
-	if err == nil {
-		t.Fatal("got ready; want an error")
-	}
-	if errors.Is(err, context.Canceled) {
-		t.Errorf("got %v; want a failure, not a cancellation", err)
-	}
-	if errors.Unwrap(err) == nil || !strings.Contains(err.Error(), "not ready in time") || !strings.Contains(err.Error(), "503") {
-		t.Errorf("got %q; want not ready in time wrapping the 503", err)
-	}
-	if d < timeout || d > timeout+time.Second {
-		t.Errorf("returned after %v; want about %v", d, timeout)
-	}
-	if n := attempts.Load(); n < 2 {
-		t.Errorf("got %d attempts; want polling", n)
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("got %v; want context.Canceled", err)
+		}
+		if d := time.Since(start); d > statusAttempt/2 {
+			t.Errorf("returned %v after cancel; want promptly", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("probe still running 5s after cancel")
 	}
 }
 
-// TestCheckerWaitReadyCanceled checks that a cancelled check (a newer
-// container won) ends at once with context.Canceled, both between attempts
-// and during one, and is not reported as a failure.
-func TestCheckerWaitReadyCanceled(t *testing.T) {
-	for _, hang := range []bool{false, true} {
-		name := "between attempts"
-		if hang {
-			name = "during an attempt"
-		}
-		t.Run(name, func(t *testing.T) {
-			done := releaseOnCleanup(t)
-			hit := make(chan struct{}, 1)
-			_, c := newStatusServer(t, "/", func(w http.ResponseWriter, r *http.Request) {
-				select {
-				case hit <- struct{}{}:
-				default:
-				}
-				if hang {
-					select {
-					case <-r.Context().Done():
-					case <-done:
-					}
-					return
-				}
-				w.WriteHeader(http.StatusServiceUnavailable)
-			})
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() { errc <- c.waitReady(ctx, statusTestIP, time.Now().Add(time.Minute)) }()
-			select {
-			case <-hit:
-			case <-time.After(5 * time.Second):
-				t.Fatal("no attempt within 5s")
-			}
-			cancel()
-			start := time.Now()
-			select {
-			case err := <-errc:
-				if !errors.Is(err, context.Canceled) {
-					t.Errorf("got %v; want context.Canceled", err)
-				}
-				if d := time.Since(start); d > statusAttempt/2 {
-					t.Errorf("returned %v after cancel; want promptly", d)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("waitReady still running 5s after cancel")
+// TestReadinessPort checks what is probed by default: with no -status_url
+// and no -status_port, the container port of the first mapping (outage 1:
+// a container that does not listen, a one-off of the image, is not ready).
+func TestReadinessPort(t *testing.T) {
+	ports := []portMap{{8080, 3000}, {443, 443}}
+	tests := []struct {
+		name string
+		cfg  config
+		want uint16
+	}{
+		{"default", config{ports: ports}, 3000},
+		{"-status_port", config{ports: ports, statusPort: 9000}, 9000},
+		{"-status_url", config{ports: ports, statusURL: statusURL{port: 80, uri: "/"}}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := readinessPort(tt.cfg); got != tt.want {
+				t.Errorf("got %d; want %d", got, tt.want)
 			}
 		})
-	}
-}
-
-// TestCheckerZeroURL checks that without -status_url every container is
-// ready at once, with no request made.
-func TestCheckerZeroURL(t *testing.T) {
-	c := newChecker(statusURL{}, 0)
-	if err := c.probe(t.Context(), netip.Addr{}); err != nil {
-		t.Errorf("probe: got %v; want nil", err)
-	}
-	if err := c.waitReady(t.Context(), statusTestIP, time.Now().Add(-time.Second)); err != nil {
-		t.Errorf("waitReady: got %v; want nil", err)
 	}
 }

@@ -11,8 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
 )
 
 // dockerAPI holds the only Docker calls the proxy makes, so that fakes stay
@@ -32,8 +34,11 @@ type ctrInfo struct {
 	started time.Time // tells a restart from a repeated event
 	ip      netip.Addr
 
-	healthcheck bool // the image or container defines a HEALTHCHECK
-	healthy     bool // its state was healthy when inspected
+	healthcheck bool          // the image or container defines a HEALTHCHECK
+	healthy     bool          // its state was healthy when inspected
+	unhealthy   bool          // its state was unhealthy (not only starting) when inspected
+	paused      bool          // docker pause: the kernel accepts, nothing answers
+	age         time.Duration // how long it had run when inspected, by the daemon's clock; 0: unknown
 }
 
 func (c ctrInfo) short() string { return shortID(c.id) }
@@ -45,37 +50,13 @@ func shortID(id string) string {
 	return id
 }
 
-// newer reports whether a should serve rather than b: it was created later
-// (the id breaks a tie, so the order is total).
-func newer(a, b ctrInfo) bool {
-	if !a.created.Equal(b.created) {
-		return a.created.After(b.created)
-	}
-	return a.id > b.id
-}
-
-// changeKind says what happened to containers of the tag.
-type changeKind int
-
-const (
-	started changeKind = iota // ctr started, or restarted
-	stopped                   // id stopped or was removed
-	synced                    // list holds every running container of the tag
-	health                    // id's HEALTHCHECK turned healthy (or not)
-)
-
-// change is what the watcher tells the deployer.
-type change struct {
-	kind    changeKind
-	ctr     ctrInfo   // started
-	id      string    // stopped
-	list    []ctrInfo // synced
-	initial bool      // synced: the list made at start-up
-	healthy bool      // health
-}
-
-// watcher follows the containers of one tag through the daemon's event
-// stream and reports them to the deployer as changes.
+// watcher follows the containers of the selection through the daemon's
+// event stream and tells the rule as events (see rule.go): it inspects
+// every start, tells a stale (replayed) stop from a real one by the
+// daemon's own times or else by an inspect, and re-inspects a container
+// whose networks change, so that the rule never dials an address the container
+// lost. Every call but the event stream has a deadline (dockerTimeout); a
+// failed call restarts the stream, and with it the resync.
 type watcher struct {
 	docker dockerAPI
 	sel    selector
@@ -84,7 +65,8 @@ type watcher struct {
 	// connected tells whether the event stream is up, for /status.
 	connected atomic.Bool
 	log       *slog.Logger
-	out       chan<- change
+	out       chan<- any
+	ours      map[string]time.Time // containers of the selection seen: the start of their run (daemon clock; zero: not running)
 }
 
 // Event stream reconnection backoff.
@@ -99,16 +81,19 @@ const (
 // container started during the gap is not missed.
 func (w *watcher) run(ctx context.Context) error {
 	var (
-		since   int64 // unix ns: the last event seen, or the last subscription
+		since   int64 // unix ns: the daemon's time of the last event seen; before any, the proxy's at the first subscription
+		seen    bool  // an event came: since is the daemon's
 		backoff time.Duration
 		initial = true
 	)
 	for {
 		err := w.follow(ctx, since, initial, func(ev events.Message) {
-			since = max(since, ev.TimeNano)
+			since, seen = max(since, ev.TimeNano), true
 			backoff = 0
 		}, func(subscribed int64) {
-			since = max(since, subscribed)
+			if !seen {
+				since = subscribed // only a hint: the list after each subscription is what counts
+			}
 			if !initial && backoff > 0 {
 				w.log.Info("event stream restored")
 			}
@@ -136,117 +121,220 @@ func (w *watcher) run(ctx context.Context) error {
 }
 
 // follow makes one subscription: it subscribes, lists, then relays events
-// until the stream fails. seen is called for every event, listed once the
-// list has been sent.
+// until the stream fails or a call the events need fails. seen is called
+// for every event, listed once the list has been sent.
 func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen func(events.Message), listed func(subscribed int64)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if w.ours == nil {
+		w.ours = make(map[string]time.Time)
+	}
 	opts := events.ListOptions{Filters: w.sel.eventFilter()}
+	netOpts := events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.NetworkEventType)),
+		filters.Arg("event", string(events.ActionConnect)),
+		filters.Arg("event", string(events.ActionDisconnect)),
+	)}
 	if since > 0 {
 		opts.Since = fmt.Sprintf("%d.%09d", since/1e9, since%1e9)
+		netOpts.Since = opts.Since
 	}
+	// Since only asks the daemon to replay from about then, by its own
+	// clock once an event has told it: events replayed from before the
+	// list are harmless, since each is checked (see translate).
 	listAt := time.Now().UnixNano()
 	msgs, errs := w.docker.Events(ctx, opts)
+	netMsgs, netErrs := w.docker.Events(ctx, netOpts)
 	list, err := w.list(ctx)
 	if err != nil {
 		return err
 	}
-	if !w.send(ctx, change{kind: synced, list: list, initial: initial}) {
+	if !w.send(ctx, evList{ctrs: list, initial: initial}) {
 		return ctx.Err()
 	}
 	listed(listAt)
-	// Events replayed from Since can be older than the list: a stop that
-	// the list has already seen undone (the container runs again) is
-	// stale, and applying it would cut a container that serves.
-	running := make(map[string]bool, len(list))
-	for _, c := range list {
-		running[c.id] = true
-	}
 	for {
+		var ev events.Message
 		select {
-		case ev := <-msgs:
-			seen(ev)
-			c, ok := w.translate(ctx, ev)
-			if ok && c.kind == stopped && running[c.id] && ev.TimeNano < listAt {
-				continue
-			}
-			if ok && !w.send(ctx, c) {
-				return ctx.Err()
-			}
+		case ev = <-msgs:
+		case ev = <-netMsgs:
 		case err := <-errs:
 			return err
+		case err := <-netErrs:
+			return err
 		case <-ctx.Done():
+			return ctx.Err()
+		}
+		seen(ev)
+		out, err := w.translate(ctx, ev)
+		if err != nil {
+			return err
+		}
+		if out != nil && !w.send(ctx, out) {
 			return ctx.Err()
 		}
 	}
 }
 
-func (w *watcher) send(ctx context.Context, c change) bool {
+func (w *watcher) send(ctx context.Context, ev any) bool {
 	select {
-	case w.out <- c:
+	case w.out <- ev:
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
-// translate turns a daemon event into a change, if it is one of ours.
-func (w *watcher) translate(ctx context.Context, ev events.Message) (change, bool) {
+// translate turns a daemon event into a rule event, if it is about one of
+// ours. An error means the watcher cannot tell (an inspect failed).
+func (w *watcher) translate(ctx context.Context, ev events.Message) (any, error) {
+	id := ev.Actor.ID
+	if ev.Type == events.NetworkEventType {
+		id = ev.Actor.Attributes["container"]
+		if _, ok := w.ours[id]; !ok {
+			return nil, nil
+		}
+		return w.confirm(ctx, id, ev)
+	}
 	if ev.Type != events.ContainerEventType || !w.sel.match(ev.Actor.Attributes["image"], ev.Actor.Attributes) {
-		return change{}, false
+		return nil, nil
 	}
 	switch ev.Action {
-	case events.ActionStart:
-		info, running, err := w.inspect(ctx, ev.Actor.ID)
-		if err != nil {
-			w.log.Error("inspect failed", "container", shortID(ev.Actor.ID), "err", err)
-			return change{}, false
-		}
-		if !running {
-			return change{kind: stopped, id: ev.Actor.ID}, true
-		}
-		return change{kind: started, ctr: info}, true
 	case events.ActionDie, events.ActionDestroy:
-		return change{kind: stopped, id: ev.Actor.ID}, true
-	case "health_status: healthy", "health_status: unhealthy":
-		return change{kind: health, id: ev.Actor.ID, healthy: ev.Action == "health_status: healthy"}, true
+		// A stop is applied at once when the daemon's clock says it
+		// ends the run the watcher knows (new connections must not
+		// wait for an inspect to stop dialling it); one older than
+		// that run is stale (replayed); any other is confirmed.
+		started, known := w.ours[id]
+		switch {
+		case known && !started.IsZero() && ev.TimeNano >= started.UnixNano():
+		case known && !started.IsZero() && ev.Action == events.ActionDie:
+			return nil, nil
+		case ev.Action == events.ActionDie:
+			return w.confirm(ctx, id, ev)
+		}
+		w.ours[id] = time.Time{}
+		if ev.Action == events.ActionDestroy {
+			delete(w.ours, id)
+		}
+		return evStop{id: id, destroyed: ev.Action == events.ActionDestroy}, nil
+	case events.ActionStart, events.ActionPause, events.ActionUnPause, "health_status: healthy", "health_status: unhealthy":
+		// The daemon sends pause and health events only on a change: a
+		// replayed one that is no longer true would stick, so the
+		// inspect tells what is true now.
+		return w.confirm(ctx, id, ev)
 	}
-	return change{}, false
+	return nil, nil
 }
 
-// list returns the running containers of the tag (see selector.maybe).
+// confirm inspects id after ev and tells what the daemon says now: it
+// runs (a start, perhaps on another address), or it does not (a stop).
+func (w *watcher) confirm(ctx context.Context, id string, ev events.Message) (any, error) {
+	info, running, err := w.inspect(ctx, id)
+	var noAddr *noAddrError
+	switch {
+	case cerrdefs.IsNotFound(err):
+		delete(w.ours, id)
+		return evStop{id: id, destroyed: true}, nil
+	case errors.As(err, &noAddr):
+		w.log.Warn("inspect failed", "container", shortID(id), "event", string(ev.Action), "err", err)
+		return evStop{id: id}, nil
+	case errors.Is(err, errNotOurs):
+		return nil, nil
+	case err != nil:
+		return nil, err // the stream restarts, and the list catches up
+	case !running:
+		return evStop{id: id}, nil
+	}
+	if ev.Action == events.ActionStart && ev.TimeNano > 0 && !info.started.IsZero() {
+		// Both times are the daemon's.
+		info.age = max(time.Duration(ev.TimeNano-info.started.UnixNano()), 0)
+	}
+	return evStart{ctr: info}, nil
+}
+
+// list returns the running containers of the selection (see
+// selector.maybe). One inspect that fails, other than for a container that
+// is gone, fails the list: a container missing from it is taken as
+// stopped.
 func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
-	all, err := w.docker.ContainerList(ctx, container.ListOptions{})
+	lctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	all, err := w.docker.ContainerList(lctx, container.ListOptions{})
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
 	var list []ctrInfo
+	var noAddr *noAddrError
 	for _, c := range all {
 		if !w.sel.maybe(c.Image, c.ImageID, c.Labels) {
 			continue
 		}
 		info, running, err := w.inspect(ctx, c.ID)
 		switch {
-		case errors.Is(err, errNotOurs):
+		case errors.Is(err, errNotOurs), cerrdefs.IsNotFound(err):
 			continue
-		case err != nil:
+		case errors.As(err, &noAddr):
 			// A container of ours that cannot be served, e.g. not on
 			// -network: say so, or a typo looks like an empty host.
 			w.log.Warn("inspect failed", "container", shortID(c.ID), "err", err)
 			continue
+		case err != nil:
+			return nil, err
 		}
 		if running {
+			info.age = upFor(c.Status)
 			list = append(list, info)
 		}
 	}
 	return list, nil
 }
 
+// upFor reads how long a listed container has run from its status, which
+// the daemon words by its own clock ("Up 8 seconds", "Up About a minute
+// (healthy)"); 0 when it cannot tell.
+func upFor(status string) time.Duration {
+	rest, ok := strings.CutPrefix(status, "Up ")
+	if !ok {
+		return 0
+	}
+	var n int
+	var unit string
+	switch {
+	case strings.HasPrefix(rest, "Less than a second"):
+		return 0
+	case strings.HasPrefix(rest, "About a minute"):
+		return time.Minute
+	case strings.HasPrefix(rest, "About an hour"):
+		return time.Hour
+	}
+	if _, err := fmt.Sscanf(rest, "%d %s", &n, &unit); err != nil {
+		return 0
+	}
+	switch strings.TrimSuffix(unit, "s") {
+	case "second":
+		return time.Duration(n) * time.Second
+	case "minute":
+		return time.Duration(n) * time.Minute
+	case "hour":
+		return time.Duration(n) * time.Hour
+	}
+	return 0
+}
+
 // errNotOurs says that an inspected container was not made from the tag.
 var errNotOurs = errors.New("not selected")
 
-// inspect reads a container of the tag, and whether it is running.
+// noAddrError says that a container of ours has no address to dial.
+type noAddrError struct{ err error }
+
+func (e *noAddrError) Error() string { return e.err.Error() }
+func (e *noAddrError) Unwrap() error { return e.err }
+
+// inspect reads a container of the selection, and whether it is running.
 func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
 	c, err := w.docker.ContainerInspect(ctx, id)
 	if err != nil {
 		return ctrInfo{}, false, fmt.Errorf("inspect %s: %w", shortID(id), err)
@@ -254,15 +342,17 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 	if c.ContainerJSONBase == nil || c.State == nil || c.Config == nil || !w.sel.match(c.Config.Image, c.Config.Labels) {
 		return ctrInfo{}, false, errNotOurs
 	}
-	info := ctrInfo{id: c.ID}
+	info := ctrInfo{id: c.ID, paused: c.State.Paused}
 	info.created, _ = time.Parse(time.RFC3339Nano, c.Created)
 	info.started, _ = time.Parse(time.RFC3339Nano, c.State.StartedAt)
+	w.ours[c.ID] = time.Time{}
 	if !c.State.Running {
 		return info, false, nil
 	}
+	w.ours[c.ID] = info.started
 	ip, network, warn, err := containerIP(c.NetworkSettings, w.net)
 	if err != nil {
-		return info, false, fmt.Errorf("container %s: %w", shortID(id), err)
+		return info, false, &noAddrError{fmt.Errorf("container %s: %w", shortID(id), err)}
 	}
 	if warn != "" {
 		w.log.Warn("several networks", "container", info.short(), "addr", ip, "networks", warn)
@@ -272,6 +362,7 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 		info.healthcheck = true
 		if c.State.Health != nil {
 			info.healthy = c.State.Health.Status == container.Healthy
+			info.unhealthy = c.State.Health.Status == container.Unhealthy
 		}
 	}
 	w.log.Debug("inspected", "container", info.short(), "addr", ip, "network", network, "healthcheck", info.healthcheck)

@@ -12,14 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/container"
 )
 
-// Readiness polling. A poll interval of 200ms keeps a swap prompt without
-// loading the container; each attempt has its own timeout so that one hung
-// request cannot eat the whole -status_timeout.
+// Readiness probing. A poll interval of 200ms keeps a swap prompt while a
+// container starts (the rule probes that fast only then: see rule.go); each
+// attempt has its own timeout so that one hung request cannot eat the whole
+// -status_timeout.
 const (
 	statusInterval = 200 * time.Millisecond
 	statusAttempt  = time.Second
@@ -81,8 +79,10 @@ func (f statusFlag) Set(s string) error {
 }
 
 // checker decides whether a container is ready for traffic: it answers
-// 200 at its status URL, or accepts a connection on its status port. With
-// neither, every container is ready at once.
+// 200 at its status URL, or accepts a connection on its TCP port. The port
+// is -status_port, or by default the container port of the first mapping
+// (see readinessPort), so that a one-off container of the image that does
+// not listen (a migration, a worker) never takes traffic.
 type checker struct {
 	url     statusURL
 	tcpPort uint16
@@ -117,7 +117,9 @@ func sameHostOnly(req *http.Request, via []*http.Request) error {
 }
 
 // probe makes one attempt: only a 200 answer, or an accepted connection,
-// means ready.
+// means ready. The TCP probe connects and closes: keep it the one place
+// that knows how, so that a service that counts such a client as an error
+// gets a better-behaved one here alone.
 func (c *checker) probe(ctx context.Context, ip netip.Addr) error {
 	if c.tcpPort != 0 {
 		d := net.Dialer{Timeout: statusAttempt}
@@ -147,92 +149,16 @@ func (c *checker) probe(ctx context.Context, ip netip.Addr) error {
 	return nil
 }
 
-// waitReady polls until the container answers 200, the deadline passes or
-// ctx ends. It returns the last failure when the deadline passes.
-func (c *checker) waitReady(ctx context.Context, ip netip.Addr, deadline time.Time) error {
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	tick := time.NewTicker(statusInterval)
-	defer tick.Stop()
-	for {
-		err := c.probe(ctx, ip)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("not ready in time: %w", err)
-			}
-			return ctx.Err()
-		case <-tick.C:
-		}
+// readinessPort is the TCP port probed when -status_url is not set:
+// -status_port, else the container port of the first mapping.
+func readinessPort(cfg config) uint16 {
+	switch {
+	case cfg.statusURL.port != 0:
+		return 0
+	case cfg.statusPort != 0:
+		return cfg.statusPort
+	case len(cfg.ports) > 0:
+		return cfg.ports[0].container
 	}
-}
-
-// retireMode says what happens to a container once it is superseded.
-type retireMode string
-
-const (
-	retireRemove retireMode = "rm"   // docker rm -f (the documented behaviour)
-	retireStop   retireMode = "stop" // docker stop; needs no remove permission
-	retireNone   retireMode = "none" // left running; needs no write permission
-)
-
-// dockerRetirer retires containers through the Docker API.
-type dockerRetirer struct {
-	docker      dockerAPI
-	mode        retireMode
-	stopTimeout time.Duration // rm: stop first, with this timeout (0: rm -f at once)
-}
-
-// retirer retires one container: the deployer's only write to Docker.
-type retirer interface {
-	retire(ctx context.Context, id string) error
-	String() string // what was done, for the log line
-}
-
-func (r dockerRetirer) String() string {
-	switch r.mode {
-	case retireStop:
-		return "stopped"
-	case retireNone:
-		return "left running"
-	}
-	return "removed"
-}
-
-func (r dockerRetirer) retire(ctx context.Context, id string) error {
-	var err error
-	switch r.mode {
-	case retireNone:
-		return nil
-	case retireStop:
-		err = r.stop(ctx, id)
-	default:
-		if r.stopTimeout > 0 {
-			err = r.stop(ctx, id)
-		}
-		if err == nil {
-			err = r.docker.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
-		}
-	}
-	if cerrdefs.IsNotFound(err) {
-		return nil // gone already, as wanted
-	}
-	return err
-}
-
-// stop sends SIGTERM, then SIGKILL after the stop timeout (the daemon's
-// default for the container when none is set).
-func (r dockerRetirer) stop(ctx context.Context, id string) error {
-	var opts container.StopOptions
-	if r.stopTimeout > 0 {
-		secs := int((r.stopTimeout + time.Second - 1) / time.Second)
-		opts.Timeout = &secs
-	}
-	if err := r.docker.ContainerStop(ctx, id, opts); err != nil {
-		return fmt.Errorf("stop %s: %w", shortID(id), err)
-	}
-	return nil
+	return 0
 }

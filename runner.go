@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// prober makes one readiness attempt on a container's address (see
+// checker).
+type prober interface {
+	probe(ctx context.Context, ip netip.Addr) error
+}
+
+// runner carries out the rule's actions: it probes, retires, keeps the
+// timer the rule asks for and the backends the rule names, and feeds every
+// outcome back to the rule as an event. It runs as one goroutine; probes
+// and retirements run beside it and report through results.
+type runner struct {
+	rule    *rule
+	route   *router
+	ports   []portMap
+	ready   prober
+	retire  retirer
+	owner   func(ctx context.Context, id string) (netip.Addr, time.Time, error) // the address id holds now, and the start of its run; nil: not checked
+	log     *slog.Logger
+	name    string                         // the selector, for /status
+	snap    atomic.Pointer[status]         // for /status, renewed after every step
+	onRoute func(id string, ip netip.Addr) // tests: called after every change of route
+
+	mu       sync.Mutex          // guards backends, read by backendList at shutdown
+	backends map[string]*backend // by container id: those that carry or carried connections
+	results  chan any
+}
+
+func newRunner(rl *rule, route *router, ports []portMap, ready prober, retire retirer, log *slog.Logger) *runner {
+	return &runner{
+		rule:     rl,
+		route:    route,
+		ports:    ports,
+		ready:    ready,
+		retire:   retire,
+		log:      log,
+		backends: make(map[string]*backend),
+		results:  make(chan any),
+	}
+}
+
+// run feeds events to the rule until ctx ends, then waits for the probes
+// and retirements it started. A proxy that stops removes nothing more.
+func (rn *runner) run(ctx context.Context, events <-chan any) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	rn.publish()
+	for {
+		var ev any
+		select {
+		case ev = <-events:
+		case ev = <-rn.results:
+			if d, ok := ev.(evDrained); ok && !rn.idle(d.id) {
+				continue // carries connections again since (a rollback)
+			}
+		case <-timer.C:
+			ev = evTick{}
+		case <-ctx.Done():
+			return
+		}
+		for _, a := range rn.rule.step(ev, time.Now()) {
+			if w, ok := a.(actWake); ok {
+				timer.Stop()
+				if !w.at.IsZero() {
+					timer.Reset(time.Until(w.at))
+				}
+				continue
+			}
+			rn.do(ctx, &wg, a)
+		}
+		rn.publish()
+	}
+}
+
+func (rn *runner) idle(id string) bool {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	b := rn.backends[id]
+	return b == nil || b.count() == 0
+}
+
+// report hands an outcome to the run loop, unless ctx ends first.
+func (rn *runner) report(ctx context.Context, ev any) {
+	select {
+	case rn.results <- ev:
+	case <-ctx.Done():
+	}
+}
+
+func (rn *runner) do(ctx context.Context, wg *sync.WaitGroup, a any) {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	switch a := a.(type) {
+	case actProbe:
+		wg.Go(func() {
+			err := rn.ready.probe(ctx, a.ip)
+			if err == nil && rn.owner != nil {
+				err = rn.confirm(ctx, a)
+			}
+			if ctx.Err() == nil {
+				rn.report(ctx, evProbe{a.id, a.ip, a.started, err})
+			}
+		})
+	case actServe:
+		var b *backend
+		if a.id != "" {
+			b = rn.backends[a.id]
+			if b == nil || b.ip != a.ip {
+				b = newBackend(a.id, a.ip, rn.ports)
+				rn.backends[a.id] = b
+			}
+			b.unseal()
+		}
+		rn.route.store(b)
+		if rn.onRoute != nil {
+			rn.onRoute(a.id, a.ip)
+		}
+	case actSeal:
+		if b := rn.backends[a.id]; b != nil {
+			b.seal()
+		}
+	case actClose:
+		if b := rn.backends[a.id]; b != nil {
+			delete(rn.backends, a.id)
+			if n := b.closeAll(); n > 0 {
+				rn.log.Info("closed connections", "container", shortID(a.id), "addr", b.ip, "closed", n)
+			}
+		}
+	case actDrain:
+		b := rn.backends[a.id]
+		if b == nil {
+			wg.Go(func() { rn.report(ctx, evDrained{a.id}) })
+			return
+		}
+		drained := b.drained()
+		wg.Go(func() {
+			select {
+			case <-drained:
+				rn.report(ctx, evDrained{a.id})
+			case <-ctx.Done():
+			}
+		})
+	case actRetire:
+		b := rn.backends[a.id]
+		delete(rn.backends, a.id)
+		wg.Go(func() { rn.retireOne(ctx, a, b) })
+	}
+}
+
+// confirm checks that the run of the container probed still holds the
+// address that answered: while the event stream is down, a container that
+// lost it (a network disconnect, a stop) is not known to, and another
+// container may hold the address and answer, even one of another image; a
+// container restarted meanwhile is a run the rule has not seen.
+func (rn *runner) confirm(ctx context.Context, a actProbe) error {
+	ip, started, err := rn.owner(ctx, a.id)
+	switch {
+	case err != nil:
+		return err
+	case ip != a.ip:
+		return fmt.Errorf("%s answered, but %s holds %v now", a.ip, shortID(a.id), ip)
+	case !started.Equal(a.started):
+		return fmt.Errorf("%s answered, but %s restarted since", a.ip, shortID(a.id))
+	}
+	return nil
+}
+
+// retireOne retires a container (docker rm -f by default), then closes
+// whatever it still carries: after a graceful stop (-stop_timeout) that is
+// only what the service left open, and after rm -f the container's network
+// is gone, so without this those connections would hang.
+func (rn *runner) retireOne(ctx context.Context, a actRetire, b *backend) {
+	err := rn.retire.retire(ctx, a.id)
+	if ctx.Err() != nil {
+		return
+	}
+	closed := 0
+	if b != nil {
+		closed = b.closeAll()
+	}
+	if err == nil {
+		rn.rule.m.removals.Inc()
+		rn.log.Info(rn.retire.String(), "container", shortID(a.id), "addr", a.ip, "reason", a.why, "closed", closed)
+	}
+	rn.report(ctx, evRetire{a.id, err})
+}
+
+// backendList returns every backend that may still carry connections.
+func (rn *runner) backendList() []*backend {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	bs := make([]*backend, 0, len(rn.backends))
+	for _, b := range rn.backends {
+		bs = append(bs, b)
+	}
+	return bs
+}
+
+// newDeployRunner makes the rule and its runner from the flags.
+func newDeployRunner(cfg config, route *router, docker dockerAPI, m *metrics, log *slog.Logger) *runner {
+	rl := newRule(ruleConfig{
+		statusTimeout: cfg.statusTimeout,
+		grace:         cfg.grace,
+		drain:         cfg.drain,
+		probes:        cfg.statusURL.port != 0 || cfg.statusPort != 0,
+	}, log, m)
+	rn := newRunner(rl, route, cfg.ports, newChecker(cfg.statusURL, readinessPort(cfg)),
+		dockerRetirer{docker: docker, mode: cfg.retire, stopTimeout: cfg.stopTimeout}, log)
+	rn.owner = addressOf(docker, cfg.network)
+	return rn
+}
+
+// addressOf returns a function that tells, by an inspect, the address a
+// running, unpaused container holds and when its run started.
+func addressOf(docker dockerAPI, network string) func(ctx context.Context, id string) (netip.Addr, time.Time, error) {
+	return func(ctx context.Context, id string) (netip.Addr, time.Time, error) {
+		ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+		defer cancel()
+		c, err := docker.ContainerInspect(ctx, id)
+		switch {
+		case err != nil:
+			return netip.Addr{}, time.Time{}, fmt.Errorf("inspect %s: %w", shortID(id), err)
+		case c.ContainerJSONBase == nil || c.State == nil || !c.State.Running || c.State.Paused:
+			return netip.Addr{}, time.Time{}, fmt.Errorf("container %s: not running", shortID(id))
+		}
+		started, _ := time.Parse(time.RFC3339Nano, c.State.StartedAt)
+		ip, _, _, err := containerIP(c.NetworkSettings, network)
+		return ip, started, err
+	}
+}
