@@ -369,3 +369,39 @@ func TestDockerMariaDBCountsProbes(t *testing.T) {
 		t.Fatal("blocked with skip-name-resolve")
 	}
 }
+
+// TestDockerStatusPortMariaDBLongGrace is issue 9's outage 6: with
+// -status_port 3306 and a grace period long enough for 150 probes at
+// 200ms, no client in between, the new MariaDB container must still take
+// a proxied login once the old one is retired. Today the probes block the
+// proxy's address (error 1129) while the proxy serves the container.
+func TestDockerStatusPortMariaDBLongGrace(t *testing.T) {
+	ref := mariadbImage(t)
+	const grace = 30 * time.Second
+	old := startMariaDB(t, ref)
+	cfg := testConfig(ref, portMap{3306, 3306})
+	cfg.statusPort = 3306
+	cfg.statusTimeout = 30 * time.Second
+	cfg.grace = grace
+	p := startProxy(t, cfg)
+	p.logs.waitLog(t, 30*time.Second, "serving", "container", old.short())
+	if host, err := mariadbLogin(p.addrs[0], mariadbPass); err != nil || host != old.host {
+		t.Fatalf("login through the proxy: host %q, %v; want the old container %s", host, err, old.host)
+	}
+
+	nu := startMariaDB(t, ref)
+	p.logs.waitLog(t, 30*time.Second, "swap", "container", nu.short(), "previous", old.short())
+	swapped := time.Now()
+	// No client until the grace period is over and the old container is
+	// gone: nothing but the proxy's probes reaches the new one.
+	eventually(t, grace+15*time.Second, "old container removed", func() bool { return !ctrExists(t, old.id) })
+	t.Logf("old container removed %v after the swap", time.Since(swapped).Round(100*time.Millisecond))
+
+	host, err := mariadbLogin(p.addrs[0], mariadbPass)
+	if err != nil {
+		t.Fatalf("login through the proxy, to the new container it serves, after a %v grace period with no client: %v", grace, err)
+	}
+	if host != nu.host {
+		t.Fatalf("login through the proxy reached %q; want the new container %s", host, nu.host)
+	}
+}
