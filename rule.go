@@ -28,7 +28,8 @@ import (
 // unless a rollback is possible.
 const (
 	probeFast      = statusInterval   // checking: until ready or the deadline
-	probeWatch     = time.Second      // serving and retiring, while a rollback is possible
+	probeWatch     = time.Second      // serving and retiring, while a rollback is possible: first
+	probeWatchMax  = time.Minute      // then doubling to this, so a long grace period costs few
 	probeSlow      = 5 * time.Second  // ignored: it may still become ready
 	watchFails     = 2                // failed watch probes in a row that make it not ready
 	crashStops     = 3                // stops within crashWindow that make a crash loop
@@ -58,22 +59,24 @@ func (p phase) String() string { return phaseNames[p] }
 type record struct {
 	ctrInfo
 	phase      phase
-	ready      bool      // its latest verdict: answers its probe, or HEALTHCHECK healthy
-	everReady  bool      // it was ready once: only such a container may be retired
-	served     bool      // it carried connections (its backend exists)
-	awaitFirst bool      // start-up: its first verdict is not in yet
-	seen       time.Time // when the rule first saw this run
-	fails      int       // failed probes in a row while serving
-	lastErr    error     // the last failed probe, for the log
-	deadline   time.Time // checking: ignored if not ready by then; retiring: retired then; removing: retried then
-	probeAt    time.Time // the next probe; zero: none planned
-	holdUntil  time.Time // crash-looping: no traffic before this
-	probing    bool      // a probe is out
-	busy       bool      // a retirement is out
-	stopped    bool      // retiring or removing, and no longer running
-	drained    bool      // -drain: its backend carries nothing
-	why        string    // removing: the reason, for the log
-	failures   int       // failed retirements in a row
+	ready      bool          // its latest verdict: answers its probe, or HEALTHCHECK healthy
+	everReady  bool          // it was ready once: only such a container may be retired
+	served     bool          // it carried connections (its backend exists)
+	awaitFirst bool          // start-up: its first verdict is not in yet
+	seen       time.Time     // when the rule first saw this run
+	fails      int           // failed probes in a row while serving
+	watchEvery time.Duration // serving or retiring: the gap to its next watch probe
+	verdictAt  time.Time     // when its latest probe verdict came
+	lastErr    error         // the last failed probe, for the log
+	deadline   time.Time     // checking: ignored if not ready by then; retiring: retired then; removing: retried then
+	probeAt    time.Time     // the next probe; zero: none planned
+	holdUntil  time.Time     // crash-looping: no traffic before this
+	probing    bool          // a probe is out
+	busy       bool          // a retirement is out
+	stopped    bool          // retiring or removing, and no longer running
+	drained    bool          // -drain: its backend carries nothing
+	why        string        // removing: the reason, for the log
+	failures   int           // failed retirements in a row
 }
 
 // ruleConfig is what the flags tell the rule.
@@ -432,6 +435,21 @@ func (r *rule) verdict(c *record, ok bool, now time.Time) {
 	}
 	c.ready = ok
 	c.everReady = c.everReady || ok
+	c.verdictAt = now
+}
+
+// servingReady tells whether a container serves and may go on serving.
+func (r *rule) servingReady(now time.Time) bool {
+	cur := r.ctrs[r.serving]
+	return cur != nil && r.candidate(cur, now)
+}
+
+// stale tells whether c, a rollback target checked by probes, has a
+// verdict too old to send traffic on: its watch probes back off, so it is
+// probed again (new connections wait for the answer, a round trip on the
+// bridge) before it serves.
+func (r *rule) stale(c *record, now time.Time) bool {
+	return c.phase == phaseRetiring && !r.byHealthcheck(c.ctrInfo) && now.Sub(c.verdictAt) > probeFast
 }
 
 // probed takes the outcome of a probe.
@@ -470,11 +488,25 @@ func (r *rule) probed(ev evProbe, now time.Time) {
 		if ok || c.fails >= watchFails {
 			r.verdict(c, ok, now)
 		}
-		c.probeAt = now.Add(probeWatch)
+		c.probeAt = now.Add(c.nextWatch(ok))
 	case phaseRetiring:
 		r.verdict(c, ok, now) // a rollback target must answer
-		c.probeAt = now.Add(probeWatch)
+		c.probeAt = now.Add(c.nextWatch(ok))
 	}
+}
+
+// nextWatch is the gap to c's next watch probe: probeWatch after a failure
+// (a second one confirms it soon), doubling after each success up to
+// probeWatchMax. Every probe is a connection the service counts (MariaDB
+// blocks an address after 100 that close without a handshake), so an hour
+// of grace costs about 65 probes, not 3,600.
+func (c *record) nextWatch(ok bool) time.Duration {
+	if !ok || c.watchEvery == 0 {
+		c.watchEvery = probeWatch
+		return c.watchEvery
+	}
+	c.watchEvery = min(2*c.watchEvery, probeWatchMax)
+	return c.watchEvery
 }
 
 // retired takes the outcome of a retirement.
@@ -516,7 +548,7 @@ func (r *rule) candidate(c *record, now time.Time) bool {
 	case phaseRemoving, phaseRetired:
 		return false
 	}
-	return c.ready && !c.paused && !c.stopped && !now.Before(c.holdUntil)
+	return c.ready && !c.paused && !c.stopped && !now.Before(c.holdUntil) && !r.stale(c, now)
 }
 
 // settle applies what is due at now, picks the container to serve, plans
@@ -657,7 +689,7 @@ func (r *rule) startRetiring(c *record, now time.Time) []any {
 	// A rollback target must be ready: a probed one is probed at once, and
 	// then every probeWatch, so that a rollback needs no wait.
 	c.ready = r.byHealthcheck(c.ctrInfo) && c.healthy
-	c.probeAt, c.fails = now, 0
+	c.probeAt, c.fails, c.watchEvery = now, 0, 0
 	acts := []any{actSeal{c.id}}
 	if r.cfg.drain {
 		acts = append(acts, actDrain{c.id})
@@ -683,13 +715,16 @@ func (r *rule) planProbes(cs []*record, now time.Time) []any {
 		switch c.phase {
 		case phaseServing:
 			if !rollback {
-				c.probeAt = time.Time{}
-			} else if c.probeAt.IsZero() {
-				c.probeAt = now.Add(probeWatch)
+				c.probeAt, c.watchEvery = time.Time{}, 0
+			} else if c.probeAt.IsZero() && !c.probing {
+				c.probeAt = now.Add(c.nextWatch(false))
 			}
 		case phaseRetiring:
-			if c.stopped {
+			switch {
+			case c.stopped:
 				c.probeAt = time.Time{}
+			case !r.servingReady(now) && c.ready && r.stale(c, now) && !c.probing:
+				c.probeAt = now // a rollback waits for a fresh verdict
 			}
 		}
 		if !c.probeAt.IsZero() && !c.probing && !c.paused && !now.Before(c.probeAt) {
