@@ -95,7 +95,7 @@ func (b *bench) printTable(out io.Writer) {
 		fmt.Fprintf(out, "dp-alt: %s %s\n", b.o.altBin, strings.Join(b.o.altEnv, " "))
 	}
 	fmt.Fprintf(out, "medians of %d repetitions, targets alternating; bulk %v per window, connection rate and latency %v each, wrk -t%d -c%d -d%ds, %d idle connections (fewer where the fds would not fit under the limit of %d), %d deploys\n\n",
-		b.p.reps, b.p.bulkDur, b.p.rateDur, wrkThreads, wrkConns, wrkSeconds(b.p.httpDur), b.p.idleConns, b.fdLimit, b.p.swaps)
+		b.p.reps, b.p.bulkDur.Round(time.Millisecond), b.p.rateDur.Round(time.Millisecond), wrkThreads, wrkConns, wrkSeconds(b.p.httpDur), b.p.idleConns, b.fdLimit, b.p.swaps)
 
 	var names []string
 	for _, n := range targetOrder {
