@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -150,7 +151,12 @@ func (b *bench) main(ctx context.Context) error {
 	}
 
 	if deadline, ok := ctx.Deadline(); ok {
-		b.p = b.p.fit(len(b.targets), b.o.phases, time.Until(deadline)-cleanupReserve)
+		phases := b.o.phases
+		if !b.wrkOK { // the http phase will only say that it has no wrk
+			phases = maps.Clone(phases)
+			delete(phases, "http")
+		}
+		b.p = b.p.fit(len(b.targets), phases, time.Until(deadline)-cleanupReserve)
 	}
 
 	// Idle memory first: it is the figure most disturbed by what came

@@ -3,11 +3,11 @@
 // container, HAProxy in TCP mode with and without splice, nginx's stream
 // module, and a bare Go io.Copy proxy (the floor of what Go costs); HTTP
 // requests per second through each with wrk, where wrk is installed or
-// installable (Debian's package). It
-// builds a backend image FROM scratch, starts one container of it, runs
-// every proxy as its own process (or process tree: nginx's master and
-// workers), so that /proc gives each one's CPU, memory and descriptors,
-// measures the targets alternately, and prints one table of medians.
+// installable (Debian's package). It builds a backend image FROM scratch,
+// starts one container of it, runs every proxy as its own process (or
+// process tree: nginx's master and workers), so that /proc gives each
+// one's CPU, memory and descriptors, measures the targets alternately, and
+// prints one table of medians.
 //
 //	go run ./bench          # full run, under 5 minutes
 //	go run ./bench -quick   # shorter measurements, under a minute
