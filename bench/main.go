@@ -57,7 +57,7 @@ var (
 	fullParams = params{
 		budget: 4*time.Minute + 30*time.Second, reps: 3,
 		bulkWarm: 200 * time.Millisecond, bulkDur: 800 * time.Millisecond,
-		rateDur: time.Second, latDur: time.Second, httpDur: time.Second,
+		rateDur: time.Second, latDur: time.Second, httpDur: 2 * time.Second,
 		idleConns: 5000, idleSettle: 500 * time.Millisecond, swaps: 20, swapReady: time.Second,
 	}
 	quickParams = params{
