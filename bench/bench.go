@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,7 +15,7 @@ import (
 )
 
 // phaseNames are the measurements, in the order they run.
-var phaseNames = []string{"idle", "bulk", "latency", "rate", "swap"}
+var phaseNames = []string{"idle", "bulk", "latency", "rate", "http", "swap"}
 
 // Ports of the backend inside its container.
 const (
@@ -37,6 +38,7 @@ type bench struct {
 	label   string // on every container this run starts
 	ip      string // the first container's address
 	fdLimit uint64 // RLIMIT_NOFILE after raising it; children inherit it
+	wrkOK   bool   // wrk is installed, for the http phase
 
 	mu    sync.Mutex
 	procs []*proc
@@ -84,6 +86,9 @@ func (b *bench) main(ctx context.Context) error {
 	}
 	haproxyOK := ensureHAProxy(ctx)
 	nginxOK := ensureNginx(ctx)
+	if b.o.phases["http"] && !b.o.profile {
+		b.wrkOK = ensureWrk(ctx)
+	}
 
 	step("build the backend image %s FROM scratch and start one container", b.tag)
 	if err := buildImage(ctx, ctxDir, b.tag); err != nil {
@@ -146,7 +151,12 @@ func (b *bench) main(ctx context.Context) error {
 	}
 
 	if deadline, ok := ctx.Deadline(); ok {
-		b.p = b.p.fit(len(b.targets), b.o.phases, time.Until(deadline)-cleanupReserve)
+		phases := b.o.phases
+		if !b.wrkOK { // the http phase will only say that it has no wrk
+			phases = maps.Clone(phases)
+			delete(phases, "http")
+		}
+		b.p = b.p.fit(len(b.targets), phases, time.Until(deadline)-cleanupReserve)
 	}
 
 	// Idle memory first: it is the figure most disturbed by what came
@@ -159,6 +169,7 @@ func (b *bench) main(ctx context.Context) error {
 		{"bulk", "bulk throughput and CPU per GB", b.measureBulk},
 		{"latency", "request/response latency", b.measureLatency},
 		{"rate", "connection rate and CPU per 1,000 connections", b.measureRate},
+		{"http", "HTTP requests per second through each proxy (wrk, keep-alive)", b.measureHTTP},
 		{"swap", "swap latency over deploys (docker-proxy)", b.measureSwaps},
 	}
 	var failed error

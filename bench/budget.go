@@ -32,23 +32,37 @@ func (p params) estimate(n int, phases map[string]bool) time.Duration {
 	if phases["rate"] {
 		d += reps * (p.rateDur + min(p.rateDur/4, 100*time.Millisecond) + 50*time.Millisecond)
 	}
+	d += p.httpCost(n, phases)
 	if phases["swap"] {
 		d += time.Duration(p.swaps) * (p.swapReady + 800*time.Millisecond)
 	}
 	return d
 }
 
-// fit shrinks p so that its estimate fits in left, and says so.
+// httpCost is the http phase's share of the estimate: wrk's whole seconds
+// and its start, per target and repetition.
+func (p params) httpCost(n int, phases map[string]bool) time.Duration {
+	if !phases["http"] {
+		return 0
+	}
+	return time.Duration(p.reps*n) * (time.Duration(wrkSeconds(p.httpDur))*time.Second + 150*time.Millisecond)
+}
+
+// fit shrinks p so that its estimate fits in left, and says so. wrk's
+// duration does not shrink below its floor of a second, so that floor is
+// set aside and the rest shrinks by the same factor.
 func (p params) fit(n int, phases map[string]bool, left time.Duration) params {
 	need := p.estimate(n, phases)
 	if need <= left {
 		return p
 	}
-	f := float64(left) / float64(need)
+	floor := params{reps: p.reps, httpDur: time.Second}.httpCost(n, phases)
+	f := max(0.1, float64(left-floor)/float64(need-floor))
 	scale := func(d time.Duration) time.Duration { return time.Duration(float64(d) * f) }
 	q := p
 	q.bulkWarm, q.bulkDur = scale(p.bulkWarm), scale(p.bulkDur)
 	q.rateDur, q.latDur, q.idleSettle = scale(p.rateDur), scale(p.latDur), scale(p.idleSettle)
+	q.httpDur = max(time.Second, scale(p.httpDur))
 	q.idleConns = max(200, int(float64(p.idleConns)*f))
 	q.swaps = max(3, int(float64(p.swaps)*f))
 	fmt.Printf("   the measurements would take about %.0fs, %.0fs are left before the deadline: every one is shortened to %.0f%%\n",

@@ -9,12 +9,13 @@ import (
 )
 
 // startHAProxy runs Debian's haproxy in TCP mode in front of the first
-// container, in the foreground (-db) as one process with its default
-// threads, with or without splice. maxconn is set high enough for the idle
-// measurement and low enough that HAProxy's own fd need (2 per connection,
-// plus pipes for splice) fits under the inherited limit.
+// container (a listener for each of the four ports docker-proxy forwards),
+// in the foreground (-db) as one process with its default threads, with or
+// without splice. maxconn is set high enough for the idle measurement and
+// low enough that HAProxy's own fd need (2 per connection, plus pipes for
+// splice) fits under the inherited limit.
 func (b *bench) startHAProxy(ctx context.Context, splice bool) (*target, error) {
-	ports, err := freePorts(3)
+	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -29,7 +30,7 @@ func (b *bench) startHAProxy(ctx context.Context, splice bool) (*target, error) 
 	if splice {
 		cfg.WriteString("    option splice-request\n    option splice-response\n")
 	}
-	for i, cp := range []int{portSource, portSink, portEcho} {
+	for i, cp := range []int{portSource, portSink, portEcho, portHTTP} {
 		fmt.Fprintf(&cfg, "\nlisten p%d\n    bind 127.0.0.1:%d\n    server s1 %s\n", cp, ports[i], addr(b.ip, cp))
 	}
 	path := filepath.Join(b.tmp, name+".cfg")

@@ -1,15 +1,18 @@
 // Bench measures docker-proxy against the real Docker daemon, side by side
 // with what users would otherwise run: a direct connection to the
 // container, HAProxy in TCP mode with and without splice, nginx's stream
-// module, and a bare Go io.Copy proxy (the floor of what Go costs). It
-// builds a backend image FROM scratch, starts one container of it, runs
-// every proxy as its own process (or process tree: nginx's master and
-// workers), so that /proc gives each one's CPU, memory and descriptors,
-// measures the targets alternately, and prints one table of medians.
+// module, and a bare Go io.Copy proxy (the floor of what Go costs); HTTP
+// requests per second through each with wrk, where wrk is installed or
+// installable (Debian's package). It builds a backend image FROM scratch,
+// starts one container of it, runs every proxy as its own process (or
+// process tree: nginx's master and workers), so that /proc gives each
+// one's CPU, memory and descriptors, measures the targets alternately, and
+// prints one table of medians.
 //
 //	go run ./bench          # full run, under 5 minutes
 //	go run ./bench -quick   # shorter measurements, under a minute
-//	go run ./bench -profile # no table: strace -c and perf of docker-proxy under load
+//	go run ./bench -profile # no table: strace -c and perf of the proxies under load,
+//	                        # system calls per connection and per request side by side
 //
 // For comparing a change before committing it: -proxy_bin runs a docker-proxy
 // built elsewhere, -proxy_env sets its environment (GOMAXPROCS=1, GODEBUG=...),
@@ -43,6 +46,7 @@ type params struct {
 	bulkDur    time.Duration
 	rateDur    time.Duration
 	latDur     time.Duration
+	httpDur    time.Duration // wrk's -d, whole seconds, at least 1s
 	idleConns  int
 	idleSettle time.Duration
 	swaps      int
@@ -53,13 +57,13 @@ var (
 	fullParams = params{
 		budget: 4*time.Minute + 30*time.Second, reps: 3,
 		bulkWarm: 200 * time.Millisecond, bulkDur: 800 * time.Millisecond,
-		rateDur: time.Second, latDur: time.Second,
+		rateDur: time.Second, latDur: time.Second, httpDur: 2 * time.Second,
 		idleConns: 5000, idleSettle: 500 * time.Millisecond, swaps: 20, swapReady: time.Second,
 	}
 	quickParams = params{
-		budget: 54 * time.Second, reps: 3,
+		budget: 58 * time.Second, reps: 3,
 		bulkWarm: 30 * time.Millisecond, bulkDur: 100 * time.Millisecond,
-		rateDur: 200 * time.Millisecond, latDur: 200 * time.Millisecond,
+		rateDur: 200 * time.Millisecond, latDur: 200 * time.Millisecond, httpDur: time.Second,
 		idleConns: 1000, idleSettle: 150 * time.Millisecond, swaps: 5, swapReady: 700 * time.Millisecond,
 	}
 )
@@ -67,7 +71,7 @@ var (
 func main() {
 	quick := flag.Bool("quick", false, "shorter measurements (under a minute)")
 	var o options
-	flag.BoolVar(&o.profile, "profile", false, "instead of the table: strace -c and perf (where they work) of docker-proxy under load")
+	flag.BoolVar(&o.profile, "profile", false, "instead of the table: strace -c and perf (where they work) of the proxies under load")
 	flag.StringVar(&o.proxyBin, "proxy_bin", "", "measure this docker-proxy binary instead of building the checkout")
 	env := flag.String("proxy_env", "", "comma-separated `KEY=VALUE`s added to docker-proxy's environment")
 	flag.StringVar(&o.altBin, "alt_bin", "", "also measure this docker-proxy binary, as the column dp-alt")

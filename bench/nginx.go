@@ -47,19 +47,19 @@ func nginxStream() (loadModule string, ok bool) {
 }
 
 // startNginx runs nginx's stream module in front of the first container,
-// configured as in production: one stream server per backend port,
-// a worker per core under a master (master and workers are one process
-// tree, which the /proc figures sum over), enough worker_connections for
-// the idle measurement, no access log. It stays in the foreground
-// (daemon off) and everything it writes is in the temp dir: the error log
-// goes to stderr, which is the proxy's log file, and -p, -e and pid keep
-// it off /etc/nginx and /var.
+// configured as in production: one stream server per backend port (the
+// four docker-proxy forwards), a worker per core under a master (master
+// and workers are one process tree, which the /proc figures sum over),
+// enough worker_connections for the idle measurement, no access log. It
+// stays in the foreground (daemon off) and everything it writes is in the
+// temp dir: the error log goes to stderr, which is the proxy's log file,
+// and -p, -e and pid keep it off /etc/nginx and /var.
 func (b *bench) startNginx(ctx context.Context) (*target, error) {
 	loadModule, ok := nginxStream()
 	if !ok {
 		return nil, fmt.Errorf("no nginx with the stream module")
 	}
-	ports, err := freePorts(3)
+	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func (b *bench) startNginx(ctx context.Context) (*target, error) {
 	cfg.WriteString("error_log stderr warn;\n")
 	fmt.Fprintf(&cfg, "\nevents {\n    worker_connections %d;\n}\n", wc)
 	cfg.WriteString("\nstream {\n    access_log off;\n    proxy_connect_timeout 5s;\n    proxy_timeout 10m;\n")
-	for i, cp := range []int{portSource, portSink, portEcho} {
+	for i, cp := range []int{portSource, portSink, portEcho, portHTTP} {
 		fmt.Fprintf(&cfg, "\n    server {\n        listen 127.0.0.1:%d;\n        proxy_pass %s;\n    }\n", ports[i], addr(b.ip, cp))
 	}
 	cfg.WriteString("}\n")

@@ -38,6 +38,7 @@ func (b *bench) measureRate(ctx context.Context) error {
 
 type rateResult struct {
 	ok, errs int64 // ok: in the window; errs: over the whole run
+	all      int64 // connections completed over the whole run, warm-up and tail included
 	firstErr error
 	elapsed  time.Duration
 	cpu      time.Duration
@@ -85,7 +86,7 @@ func runRate(ctx context.Context, a string, dur time.Duration, pid int) (rateRes
 	if err != nil {
 		return rateResult{}, err
 	}
-	return rateResult{ok: n1 - n0, errs: errs.Load(), firstErr: firstErr, elapsed: t1.Sub(t0), cpu: c1 - c0}, nil
+	return rateResult{ok: n1 - n0, errs: errs.Load(), all: done.Load(), firstErr: firstErr, elapsed: t1.Sub(t0), cpu: c1 - c0}, nil
 }
 
 func oneConn(d *net.Dialer, a string) error {

@@ -32,6 +32,10 @@ var rows = []row{
 	{"lat-p50", "request/response latency p50 (µs)", 1, "median"},
 	{"lat-p99", "request/response latency p99 (µs)", 1, "median"},
 	{"lat-p999", "request/response latency p99.9 (µs)", 1, "median"},
+	{"http-rps", "HTTP requests/s, wrk keep-alive (32 conns)", 0, "median"},
+	{"http-p50", "HTTP latency p50 under wrk (µs)", 0, "median"},
+	{"http-p99", "HTTP latency p99 under wrk (µs)", 0, "median"},
+	{"http-cpu-us", "proxy CPU per HTTP request under wrk (CPU-µs)", 1, "median"},
 	{"idle-n", "idle connections held for the memory figures", 0, "median"},
 	{"rss-kib", "proxy RSS per idle connection (KiB)", 2, "median"},
 	{"kern-kib", "kernel memory per idle connection, system-wide (KiB)", 2, "median"},
@@ -90,8 +94,8 @@ func (b *bench) printTable(out io.Writer) {
 	if b.o.altBin != "" {
 		fmt.Fprintf(out, "dp-alt: %s %s\n", b.o.altBin, strings.Join(b.o.altEnv, " "))
 	}
-	fmt.Fprintf(out, "medians of %d repetitions, targets alternating; bulk %v per window, connection rate and latency %v each, %d idle connections (fewer where the fds would not fit under the limit of %d), %d deploys\n\n",
-		b.p.reps, b.p.bulkDur, b.p.rateDur, b.p.idleConns, b.fdLimit, b.p.swaps)
+	fmt.Fprintf(out, "medians of %d repetitions, targets alternating; bulk %v per window, connection rate and latency %v each, wrk -t%d -c%d -d%ds, %d idle connections (fewer where the fds would not fit under the limit of %d), %d deploys\n\n",
+		b.p.reps, b.p.bulkDur.Round(time.Millisecond), b.p.rateDur.Round(time.Millisecond), wrkThreads, wrkConns, wrkSeconds(b.p.httpDur), b.p.idleConns, b.fdLimit, b.p.swaps)
 
 	var names []string
 	for _, n := range targetOrder {

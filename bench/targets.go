@@ -97,12 +97,12 @@ func (b *bench) startDockerProxy(ctx context.Context, name, bin string, env []st
 // startBare runs the bare Go proxy: this same binary, re-executed with
 // -bare, so that its /proc figures are its own.
 func (b *bench) startBare(ctx context.Context) (*target, error) {
-	ports, err := freePorts(3)
+	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
 	}
 	var spec []string
-	for i, cp := range []int{portSource, portSink, portEcho} {
+	for i, cp := range []int{portSource, portSink, portEcho, portHTTP} {
 		spec = append(spec, addr("127.0.0.1", ports[i])+"="+addr(b.ip, cp))
 	}
 	self, err := executable()
