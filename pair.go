@@ -71,12 +71,11 @@ func (p *pair) clientToServer() {
 	if err == nil {
 		err = p.forward()
 	}
-	if err == nil {
+	p.finish(err, func() {
 		if server := p.clientDone(); server != nil {
 			_ = server.CloseWrite()
 		}
-	}
-	p.finish(err)
+	})
 }
 
 // forward keeps the client's bytes for a resend, writing each to the
@@ -271,10 +270,7 @@ func (p *pair) serverToClient() {
 			break
 		}
 	}
-	if err == nil {
-		_ = p.client.CloseWrite()
-	}
-	p.finish(err)
+	p.finish(err, func() { _ = p.client.CloseWrite() })
 }
 
 // move takes the pair off the container that reset it and connects it to
@@ -358,14 +354,19 @@ func (p *pair) sendHeader(server *net.TCPConn) error {
 	return err
 }
 
-// finish ends one direction. After an error it closes both ends at once,
-// so the other direction ends too; the direction that ends last closes
-// the pair.
-func (p *pair) finish(err error) {
+// finish ends one direction: at EOF it passes the EOF on (passEOF), after
+// an error it closes both ends at once, so the other direction ends too.
+// The direction that ends last closes the pair; its close sends the FIN,
+// so it skips the half-close.
+func (p *pair) finish(err error, passEOF func()) {
 	if err != nil {
 		p.reg.shutOne(p) // one side is gone: nothing to resend to
 	}
-	if p.running.Add(-1) == 0 {
+	last := p.running.Add(-1) == 0
+	if err == nil && !last {
+		passEOF()
+	}
+	if last {
 		p.close()
 	}
 }

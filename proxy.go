@@ -276,9 +276,12 @@ func (p *proxy) connectHeld(i int, b, skip *backend, deadline time.Time, err err
 			b, err = nil, errNoBackend
 			continue
 		}
-		var server *net.TCPConn
-		if server, err = p.dial(ctx, b, i); err == nil {
+		server, derr := p.dial(ctx, b, i)
+		if derr == nil {
 			return b, server, nil
+		}
+		if ctx.Err() == nil || errors.Is(err, errNoBackend) {
+			err = derr // not the hold's own deadline cutting a dial short
 		}
 	}
 }
