@@ -16,7 +16,7 @@ import (
 // pooled buffer (one read, then one write: what nginx pays per message),
 // and the buffer goes back to the pool as soon as the bytes are written.
 // When a read fills the whole buffer, more is probably queued: then it
-// looks first, and splices a large backlog from socket to socket without
+// looks first, and splices the backlog from socket to socket without
 // copying it through user space (Linux; see copy_linux.go), until the
 // backlog is small again.
 //
@@ -36,7 +36,13 @@ type copier struct {
 }
 
 // bufSize is the size of a pooled buffer: nginx's proxy_buffer_size.
-const bufSize = 16 << 10
+// Once a read fills it, the copier splices what is queued while that is
+// spliceMin or more: below it a copy through the buffer costs less than
+// two splices through a pipe.
+const (
+	bufSize   = 16 << 10
+	spliceMin = 2 << 10
+)
 
 var bufs = sync.Pool{New: func() any { return new([bufSize]byte) }}
 
@@ -84,7 +90,7 @@ func (c *copier) ready(fd uintptr) bool {
 		case err != nil:
 			c.err = err
 			return true
-		case n == 0 || n >= bufSize:
+		case n == 0 || n >= spliceMin:
 			c.queued = n // EOF, or a backlog to splice
 			return true
 		}
