@@ -29,7 +29,7 @@ import (
 const (
 	probeFast      = statusInterval   // checking: until ready or the deadline
 	probeWatch     = time.Second      // serving and retiring, while a rollback is possible: first
-	probeWatchMax  = time.Minute      // then doubling to this, so a long grace period costs few
+	probeWatchMax  = 15 * time.Minute // then doubling to this, so a long grace period costs few
 	probeSlow      = 5 * time.Second  // ignored: it may still become ready
 	watchFails     = 2                // failed watch probes in a row that make it not ready
 	crashStops     = 3                // stops within crashWindow that make a crash loop
@@ -67,6 +67,7 @@ type record struct {
 	fails      int           // failed probes in a row while serving
 	watchEvery time.Duration // serving or retiring: the gap to its next watch probe
 	verdictAt  time.Time     // when its latest probe verdict came
+	tried      bool          // a probe of this run has come back
 	lastErr    error         // the last failed probe, for the log
 	deadline   time.Time     // checking: ignored if not ready by then; retiring: retired then; removing: retried then
 	probeAt    time.Time     // the next probe; zero: none planned
@@ -375,6 +376,7 @@ func (r *rule) pause(id string, paused bool, now time.Time) []any {
 	if paused {
 		r.log.Warn("paused: not ready", "container", c.short(), "addr", c.ip)
 		c.ready, c.probing = false, false
+		c.awaitFirst = false // start-up does not wait for a paused one
 		if c.phase == phaseServing {
 			c.phase = phaseChecking
 			c.deadline = time.Time{}
@@ -462,6 +464,12 @@ func (r *rule) probed(ev evProbe, now time.Time) {
 	if c.paused {
 		return
 	}
+	if errors.Is(ev.err, errUnconfirmed) {
+		// No verdict: a hung inspect must not roll a deploy back.
+		c.probeAt = now.Add(probeFast)
+		return
+	}
+	c.tried = true
 	ok := ev.err == nil
 	if !ok {
 		c.lastErr = ev.err
@@ -499,7 +507,7 @@ func (r *rule) probed(ev evProbe, now time.Time) {
 // (a second one confirms it soon), doubling after each success up to
 // probeWatchMax. Every probe is a connection the service counts (MariaDB
 // blocks an address after 100 that close without a handshake), so an hour
-// of grace costs about 65 probes, not 3,600.
+// of grace costs about 14 probes, not 3,600, and a day about 105.
 func (c *record) nextWatch(ok bool) time.Duration {
 	if !ok || c.watchEvery == 0 {
 		c.watchEvery = probeWatch
@@ -558,7 +566,8 @@ func (r *rule) settle(now time.Time) []any {
 	cs := r.sorted()
 	for _, c := range cs {
 		switch {
-		case c.phase == phaseChecking && !c.ready && !c.paused && !c.deadline.IsZero() && !now.Before(c.deadline):
+		case c.phase == phaseChecking && !c.ready && !c.paused && !c.deadline.IsZero() && !now.Before(c.deadline) &&
+			(c.tried || r.byHealthcheck(c.ctrInfo)): // never ignored before its first probe
 			err := c.lastErr
 			if r.byHealthcheck(c.ctrInfo) && err == nil {
 				err = errNotHealthy

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -166,11 +167,15 @@ func (rn *runner) do(ctx context.Context, wg *sync.WaitGroup, a any) {
 // lost it (a network disconnect, a stop) is not known to, and another
 // container may hold the address and answer, even one of another image; a
 // container restarted meanwhile is a run the rule has not seen.
+// errUnconfirmed: a probe answered, but Docker could not say whom it
+// reached (the inspect failed or hung): no verdict either way.
+var errUnconfirmed = errors.New("answered, but not confirmed")
+
 func (rn *runner) confirm(ctx context.Context, a actProbe) error {
 	ip, started, err := rn.owner(ctx, a.id)
 	switch {
 	case err != nil:
-		return err
+		return fmt.Errorf("%w: %w", errUnconfirmed, err)
 	case ip != a.ip:
 		return fmt.Errorf("%s answered, but %s holds %v now", a.ip, shortID(a.id), ip)
 	case !started.Equal(a.started):

@@ -67,6 +67,7 @@ type watcher struct {
 	log       *slog.Logger
 	out       chan<- any
 	ours      map[string]time.Time // containers of the selection seen: the start of their run (daemon clock; zero: not running)
+	dialed    map[string]string    // the network each one's address was taken on
 }
 
 // Event stream reconnection backoff.
@@ -126,6 +127,9 @@ func (w *watcher) run(ctx context.Context) error {
 func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen func(events.Message), listed func(subscribed int64)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if w.dialed == nil {
+		w.dialed = make(map[string]string)
+	}
 	if w.ours == nil {
 		w.ours = make(map[string]time.Time)
 	}
@@ -203,13 +207,12 @@ func (w *watcher) translate(ctx context.Context, ev events.Message) (any, error)
 	case events.ActionDie, events.ActionDestroy:
 		// A stop is applied at once when the daemon's clock says it
 		// ends the run the watcher knows (new connections must not
-		// wait for an inspect to stop dialling it); one older than
-		// that run is stale (replayed); any other is confirmed.
+		// wait for an inspect to stop dialling it); any other die, a
+		// replayed one or one whose time went back with the daemon's
+		// clock, is confirmed by an inspect.
 		started, known := w.ours[id]
 		switch {
 		case known && !started.IsZero() && ev.TimeNano >= started.UnixNano():
-		case known && !started.IsZero() && ev.Action == events.ActionDie:
-			return nil, nil
 		case ev.Action == events.ActionDie:
 			return w.confirm(ctx, id, ev)
 		}
@@ -255,8 +258,9 @@ func (w *watcher) confirm(ctx context.Context, id string, ev events.Message) (an
 
 // list returns the running containers of the selection (see
 // selector.maybe). One inspect that fails, other than for a container that
-// is gone, fails the list: a container missing from it is taken as
-// stopped.
+// is gone, fails the list (a container missing from it is taken as
+// stopped), unless the container is listed by image id only and the
+// watcher has never seen it.
 func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
 	lctx, cancel := context.WithTimeout(ctx, dockerTimeout)
 	all, err := w.docker.ContainerList(lctx, container.ListOptions{})
@@ -280,6 +284,13 @@ func (w *watcher) list(ctx context.Context) ([]ctrInfo, error) {
 			w.log.Warn("inspect failed", "container", shortID(c.ID), "err", err)
 			continue
 		case err != nil:
+			if _, known := w.ours[c.ID]; !known && !w.sel.match(c.Image, c.Labels) {
+				// Listed by image id only (its tag was rebuilt): it may
+				// be any service's, and one stuck container of another
+				// must not fail every resync.
+				w.log.Warn("inspect failed; skipped, it may not be selected", "container", shortID(c.ID), "err", err)
+				continue
+			}
 			return nil, err
 		}
 		if running {
@@ -325,6 +336,25 @@ func upFor(status string) time.Duration {
 // errNotOurs says that an inspected container was not made from the tag.
 var errNotOurs = errors.New("not selected")
 
+// keptNetwork is the network to take id's address on: -network if set;
+// else the one it was taken on before, while id still has an address
+// there, so that connecting a container to one more network does not
+// move the address the proxy dials (and cut its connections); else none
+// (containerIP's default).
+func (w *watcher) keptNetwork(id string, ns *container.NetworkSettings) string {
+	if w.net != "" {
+		return w.net
+	}
+	prev, ok := w.dialed[id]
+	if !ok || ns == nil {
+		return ""
+	}
+	if ep := ns.Networks[prev]; ep != nil && ep.IPAddress != "" {
+		return prev
+	}
+	return ""
+}
+
 // noAddrError says that a container of ours has no address to dial.
 type noAddrError struct{ err error }
 
@@ -350,10 +380,11 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 		return info, false, nil
 	}
 	w.ours[c.ID] = info.started
-	ip, network, warn, err := containerIP(c.NetworkSettings, w.net)
+	ip, network, warn, err := containerIP(c.NetworkSettings, w.keptNetwork(c.ID, c.NetworkSettings))
 	if err != nil {
 		return info, false, &noAddrError{fmt.Errorf("container %s: %w", shortID(id), err)}
 	}
+	w.dialed[c.ID] = network
 	if warn != "" {
 		w.log.Warn("several networks", "container", info.short(), "addr", ip, "networks", warn)
 	}
