@@ -68,6 +68,7 @@ type record struct {
 	watchEvery time.Duration // serving or retiring: the gap to its next watch probe
 	verdictAt  time.Time     // when its latest probe verdict came
 	tried      bool          // a probe of this run has come back
+	flapping   bool          // rolled back from too often: must answer for crashHold straight
 	lastErr    error         // the last failed probe, for the log
 	deadline   time.Time     // checking: ignored if not ready by then; retiring: retired then; removing: retried then
 	probeAt    time.Time     // the next probe; zero: none planned
@@ -482,7 +483,11 @@ func (r *rule) probed(ev evProbe, now time.Time) {
 		}
 	case phaseIgnored:
 		r.verdict(c, ok, now)
-		if !ok {
+		switch {
+		case !ok && c.flapping:
+			c.holdUntil = now.Add(crashHold) // it must answer for crashHold straight
+			c.probeAt = now.Add(probeSlow)
+		case !ok, c.flapping && now.Before(c.holdUntil):
 			c.probeAt = now.Add(probeSlow)
 		}
 	case phaseServing:
@@ -650,6 +655,13 @@ func (r *rule) promote(best, cur *record, now time.Time) []any {
 		} else {
 			cur.phase = phaseIgnored // failing: it serves again if it becomes the newest ready one
 			cur.probeAt = now.Add(probeSlow)
+			// A rollback from it counts like a stop: one whose readiness
+			// flaps is damped like a crash loop.
+			r.stops[cur.id] = append(r.stops[cur.id], now)
+			if r.crashLooping(cur.id, now) {
+				cur.flapping, cur.holdUntil = true, now.Add(crashHold)
+				r.log.Warn("flapping: ignored until it answers for a while", "container", cur.short(), "addr", cur.ip, "hold", crashHold)
+			}
 		}
 	}
 	switch {
@@ -659,7 +671,7 @@ func (r *rule) promote(best, cur *record, now time.Time) []any {
 	case cur == nil:
 		r.log.Info("serving", "container", best.short(), "addr", best.ip)
 	}
-	best.phase, best.fails, best.drained = phaseServing, 0, false
+	best.phase, best.fails, best.drained, best.flapping = phaseServing, 0, false, false
 	best.probeAt, best.deadline = time.Time{}, time.Time{}
 	best.served = true
 	r.serving = best.id

@@ -159,7 +159,6 @@ func TestAttackPauseDuringFirstProbeStallsStartup(t *testing.T) {
 	})
 }
 
-
 // Finding D. An inspect that hangs (the daemon holds the container's lock
 // during docker cp, a long exec, a stuck shim) is counted as the serving
 // container failing its readiness: runner.confirm runs an inspect after
@@ -219,7 +218,6 @@ func TestAttackOneStuckContainerBlindsWatcher(t *testing.T) {
 		s.wantServing(b.id)
 	})
 }
-
 
 // Not a finding against a705b67 but a regression test that does what
 // TestOutageClockAheadStaleStop means to: that test passes on 99a2b5c
@@ -425,4 +423,36 @@ func TestWatcherKeepsDialledNetwork(t *testing.T) {
 	if err != nil || moved.String() != "172.19.0.7" {
 		t.Fatalf("after disconnecting shop_default: dialing %v, %v; want the address on monitoring", moved, err)
 	}
+}
+
+// Readiness flapping was not damped: only stops counted towards
+// crashStops. A new container that fails two watch probes now and then
+// (a GC pause, a full connection pool) is rolled back, checked again
+// every probeSlow, swapped in again as soon as it answers once, and each
+// swap restarts the old container's grace period (startRetiring), so the
+// old one is never retired and traffic swaps for ever.
+func TestAttackReadinessFlapNotDamped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := outageConfig
+		cfg.grace = time.Minute
+		d := newSimDocker(0)
+		s := startAttackSim(t, d, d, d, cfg)
+		a := s.deploy(0)
+		s.wait(time.Second)
+		s.wantServing(a.id)
+		b := s.deploy(0)
+		s.wait(time.Second)
+		s.wantServing(b.id)
+		for range 30 { // 5 minutes: b fails for 4 s in every 10
+			s.do("b stalls", func(d *simDocker) { b.unready = true })
+			s.wait(4 * time.Second)
+			s.do("b answers again", func(d *simDocker) { b.unready = false })
+			s.wait(6 * time.Second)
+		}
+		swaps, rollbacks := counterValue(t, s.m.swaps), counterValue(t, s.m.rollbacks)
+		if rollbacks > crashStops {
+			t.Errorf("%v swaps and %v rollbacks in 5 minutes of a flaky container; want it damped after %d", swaps, rollbacks, crashStops)
+		}
+		s.wantServing(a.id) // the flaky one is held off; the old one serves
+	})
 }
