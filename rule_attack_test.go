@@ -456,3 +456,22 @@ func TestAttackReadinessFlapNotDamped(t *testing.T) {
 		s.wantServing(a.id) // the flaky one is held off; the old one serves
 	})
 }
+
+// TestOutageWedgedEventStream: a daemon that stops sending events without
+// closing the stream (wedged, or a proxy in front of it) hid every deploy
+// from then on. The watcher lists now and then (resyncEvery) and serves
+// the deploy it missed.
+func TestOutageWedgedEventStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, a := newServingSim(t, 0)
+		var b *simCtr
+		s.do("a deploy whose events never reach the proxy, the stream still open", func(d *simDocker) {
+			d.drop = 4
+			b = d.create(simTag, 0, false)
+		})
+		s.wait(time.Minute)
+		s.wantServing(a.id) // nothing told it yet
+		s.wait(resyncEvery)
+		s.wantServing(b.id)
+	})
+}

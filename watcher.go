@@ -157,6 +157,11 @@ func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen fu
 		return ctx.Err()
 	}
 	listed(listAt)
+	// A daemon can stop sending events without closing the stream (a
+	// wedged daemon, a proxy in front of it): a list now and then
+	// catches up with whatever the stream missed.
+	resync := time.NewTicker(resyncEvery)
+	defer resync.Stop()
 	for {
 		var ev events.Message
 		select {
@@ -166,6 +171,15 @@ func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen fu
 			return err
 		case err := <-netErrs:
 			return err
+		case <-resync.C:
+			list, err := w.list(ctx)
+			if err != nil {
+				return err // the stream restarts, with a list
+			}
+			if !w.send(ctx, evList{ctrs: list}) {
+				return ctx.Err()
+			}
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -179,6 +193,10 @@ func (w *watcher) follow(ctx context.Context, since int64, initial bool, seen fu
 		}
 	}
 }
+
+// resyncEvery is how often the watcher lists the containers while the
+// event stream is up.
+const resyncEvery = 5 * time.Minute
 
 func (w *watcher) send(ctx context.Context, ev any) bool {
 	select {
