@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
-	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -79,36 +78,8 @@ func (p *slowProber) probe(ctx context.Context, ip netip.Addr) error {
 // beforehand, a faulty API in front of it, and a prober of the test's
 // choice.
 func startAttackSim(t *testing.T, d *simDocker, api dockerAPI, pr prober, cfg ruleConfig) *simRun {
-	s := &simRun{
-		t: t, rng: rand.New(rand.NewPCG(1, 2)), d: d, route: newRouter(), start: time.Now(), cfg: cfg,
-		served: make(map[string]bool), leftAt: make(map[string]time.Time),
-	}
+	s := startSimWith(t, rand.New(rand.NewPCG(1, 2)), d, api, pr, cfg, 60)
 	s.replay = "go test -run '^" + t.Name() + "$' ."
-	s.d.routed = s.route.load
-	s.logs = &logBuffer{}
-	log := slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ports := []portMap{{80, 80}}
-	s.m = newMetrics(ports)
-	sel, _ := newSelector(simTag, nil)
-	evs := make(chan any)
-	rn := newRunner(newRule(cfg, log, s.m), s.route, ports, pr, dockerRetirer{docker: api, mode: retireRemove}, log)
-	rn.onRoute = s.onRoute
-	rn.owner = addressOf(api, "")
-	w := &watcher{docker: api, sel: sel, log: log, out: evs, m: s.m}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = w.run(ctx) })
-	wg.Go(func() { rn.run(ctx, evs) })
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		if t.Failed() {
-			t.Logf("history (replay: %s):\n%s", s.replay, strings.Join(s.history, "\n"))
-			lines := strings.Split(s.logs.String(), "\n")
-			t.Logf("proxy log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-60):], "\n"))
-		}
-	})
-	synctest.Wait()
 	return s
 }
 

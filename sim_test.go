@@ -130,8 +130,16 @@ func simulate(t *testing.T, seed uint64, steps int) {
 // startSim starts the proxy's watcher and runner against a fake daemon in
 // the current bubble; they stop when the test ends.
 func startSim(t *testing.T, rng *rand.Rand, skew time.Duration, cfg ruleConfig) *simRun {
+	d := newSimDocker(skew)
+	return startSimWith(t, rng, d, d, d, cfg, 400)
+}
+
+// startSimWith is startSim with a daemon made (and perhaps populated)
+// beforehand, the API the proxy calls in front of it, and the prober;
+// a failing test logs the proxy's last logLines lines.
+func startSimWith(t *testing.T, rng *rand.Rand, d *simDocker, api dockerAPI, pr prober, cfg ruleConfig, logLines int) *simRun {
 	s := &simRun{
-		t: t, rng: rng, d: newSimDocker(skew), route: newRouter(), start: time.Now(), cfg: cfg,
+		t: t, rng: rng, d: d, route: newRouter(), start: time.Now(), cfg: cfg,
 		served: make(map[string]bool), leftAt: make(map[string]time.Time),
 	}
 	s.d.routed = s.route.load
@@ -141,10 +149,10 @@ func startSim(t *testing.T, rng *rand.Rand, skew time.Duration, cfg ruleConfig) 
 	s.m = newMetrics(ports)
 	sel, _ := newSelector(simTag, nil)
 	evs := make(chan any)
-	rn := newRunner(newRule(cfg, log, s.m), s.route, ports, s.d, dockerRetirer{docker: s.d, mode: retireRemove}, log)
+	rn := newRunner(newRule(cfg, log, s.m), s.route, ports, pr, dockerRetirer{docker: api, mode: retireRemove}, log)
 	rn.onRoute = s.onRoute
-	rn.owner = addressOf(s.d, "")
-	w := &watcher{docker: s.d, sel: sel, log: log, out: evs, m: s.m}
+	rn.owner = addressOf(api, "")
+	w := &watcher{docker: api, sel: sel, log: log, out: evs, m: s.m}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = w.run(ctx) })
@@ -155,7 +163,7 @@ func startSim(t *testing.T, rng *rand.Rand, skew time.Duration, cfg ruleConfig) 
 		if t.Failed() {
 			t.Logf("history (replay: %s):\n%s", s.replay, strings.Join(s.history, "\n"))
 			lines := strings.Split(s.logs.String(), "\n")
-			t.Logf("proxy log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-400):], "\n"))
+			t.Logf("proxy log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-logLines):], "\n"))
 		}
 	})
 	synctest.Wait()
