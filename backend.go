@@ -64,31 +64,6 @@ func (b *backend) leave() {
 	}
 }
 
-// track puts p in a registry of its own and on b, as the proxy does for a
-// connection it forwards to b. For tests of the deploy rule, which have
-// no proxy.
-func (b *backend) track(p *pair) bool {
-	b.mu.Lock()
-	reg := b.reg
-	b.mu.Unlock()
-	if reg == nil {
-		reg = newConns()
-	}
-	reg.add(p)
-	if !reg.assign(p, b, nil) {
-		reg.remove(p)
-		return false
-	}
-	return true
-}
-
-// untrack takes p, put on b by track, off again.
-func (b *backend) untrack(p *pair) {
-	if p.reg != nil {
-		p.reg.remove(p)
-	}
-}
-
 // count reports how many connections b carries.
 func (b *backend) count() int {
 	b.mu.Lock()

@@ -187,9 +187,7 @@ func TestPairStaleResetNoteIgnored(t *testing.T) {
 	rig.route.store(third.backend("third"))
 	close(closeNow)
 	expectClosed(t, c, 5*time.Second)
-	third.mu.Lock()
-	n := third.accepted
-	third.mu.Unlock()
+	n := third.acceptedCount()
 	if n != 0 {
 		t.Fatalf("after the second server read the request and sent FIN, it was resent to a third (%d connections)", n)
 	}

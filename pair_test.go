@@ -79,10 +79,8 @@ func TestPairNoResendAfterFIN(t *testing.T) {
 		t.Fatalf("the request was acted on twice: a second server read %q", got)
 	default:
 	}
-	second.mu.Lock()
-	defer second.mu.Unlock()
-	if second.accepted != 0 {
-		t.Errorf("the second server got %d connections; want 0", second.accepted)
+	if n := second.acceptedCount(); n != 0 {
+		t.Errorf("the second server got %d connections; want 0", n)
 	}
 }
 
@@ -119,14 +117,17 @@ func TestPairNoReplayAfterAnswer(t *testing.T) {
 	}
 }
 
+// acceptedCount reports how many connections s has accepted.
+func (s *loopServer) acceptedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
 // waitAccepted waits until s has accepted a connection.
 func (s *loopServer) waitAccepted(t testing.TB) {
 	t.Helper()
-	waitUntil(t, 5*time.Second, "a connection accepted", func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.accepted > 0
-	})
+	waitUntil(t, 5*time.Second, "a connection accepted", func() bool { return s.acceptedCount() > 0 })
 }
 
 // TestPairNoReplayToTheSameContainer: a container that still takes
@@ -139,9 +140,7 @@ func TestPairNoReplayToTheSameContainer(t *testing.T) {
 	defer c.Close()
 	_, _ = io.WriteString(c, "hello\n")
 	expectClosed(t, c, 5*time.Second)
-	bad.mu.Lock()
-	n := bad.accepted
-	bad.mu.Unlock()
+	n := bad.acceptedCount()
 	if n != 1 {
 		t.Errorf("the container got %d connections; want 1 (no replay to it)", n)
 	}

@@ -205,7 +205,8 @@ func (p *proxy) establish(pr *pair, from *backend) (*backend, error) {
 		}
 		if !p.reg.assign(pr, b, server) {
 			_ = server.Close()
-			if err = errClosed; pr.cut.Load() {
+			if pr.cut.Load() {
+				err = errClosed
 				break
 			}
 			err = fmt.Errorf("container %s retired while connecting", b.short())

@@ -462,6 +462,30 @@ func TestProxySwapMidStream(t *testing.T) {
 	}
 }
 
+// track puts p in b's registry (or one of its own) and on b, as the proxy
+// does for a connection it forwards to b: for tests with no proxy.
+func (b *backend) track(p *pair) bool {
+	b.mu.Lock()
+	reg := b.reg
+	b.mu.Unlock()
+	if reg == nil {
+		reg = newConns()
+	}
+	reg.add(p)
+	if !reg.assign(p, b, nil) {
+		reg.remove(p)
+		return false
+	}
+	return true
+}
+
+// untrack takes p, put on b by track, off again.
+func (b *backend) untrack(p *pair) {
+	if p.reg != nil {
+		p.reg.remove(p)
+	}
+}
+
 func TestBackendCloseAll(t *testing.T) {
 	srvA := startLoopServer(t, echoConn)
 	srvB := startLoopServer(t, echoConn)

@@ -275,15 +275,7 @@ func simulateFromRunning(t *testing.T, seed uint64, steps int, slow bool) {
 		s := startAttackSim(t, d, d, pr, cfg)
 		s.rng = rng
 		s.note("seed %d (from running): %v; -drain %v, HEALTHCHECKs decide %v", seed, pre, cfg.drain, !cfg.probes)
-		for i := 0; i < steps && !t.Failed(); i++ {
-			s.step()
-			time.Sleep(time.Duration(s.rng.Int64N(int64(1500 * time.Millisecond))))
-			s.healthChecks()
-			s.check()
-		}
-		if !t.Failed() {
-			s.quiet()
-		}
+		s.run(steps)
 	})
 }
 

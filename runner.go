@@ -33,7 +33,7 @@ type runner struct {
 	snap    atomic.Pointer[status]         // for /status, renewed after every step
 	onRoute func(id string, ip netip.Addr) // tests: called after every change of route
 
-	mu       sync.Mutex          // guards backends, read by backendList at shutdown
+	mu       sync.Mutex          // guards backends
 	backends map[string]*backend // by container id: those that carry or carried connections
 	results  chan any
 }
@@ -202,17 +202,6 @@ func (rn *runner) retireOne(ctx context.Context, a actRetire, b *backend) {
 		rn.log.Info(rn.retire.String(), "container", shortID(a.id), "addr", a.ip, "reason", a.why, "closed", closed)
 	}
 	rn.report(ctx, evRetire{a.id, err})
-}
-
-// backendList returns every backend that may still carry connections.
-func (rn *runner) backendList() []*backend {
-	rn.mu.Lock()
-	defer rn.mu.Unlock()
-	bs := make([]*backend, 0, len(rn.backends))
-	for _, b := range rn.backends {
-		bs = append(bs, b)
-	}
-	return bs
 }
 
 // newDeployRunner makes the rule and its runner from the flags.

@@ -115,16 +115,22 @@ func simulate(t *testing.T, seed uint64, steps int) {
 		s := startSim(t, rng, skew, cfg)
 		s.note("seed %d: clock skew %v, -drain %v, HEALTHCHECKs decide %v", seed, skew, cfg.drain, !cfg.probes)
 		s.replay = fmt.Sprintf("go test -run 'TestSimulate' -simulate.seed=%d .", seed)
-		for i := 0; i < steps && !t.Failed(); i++ {
-			s.step()
-			time.Sleep(time.Duration(s.rng.Int64N(int64(1500 * time.Millisecond))))
-			s.healthChecks()
-			s.check()
-		}
-		if !t.Failed() {
-			s.quiet()
-		}
+		s.run(steps)
 	})
+}
+
+// run makes steps random steps of history, checking the invariants after
+// each, then lets the history go quiet and checks what must follow.
+func (s *simRun) run(steps int) {
+	for i := 0; i < steps && !s.t.Failed(); i++ {
+		s.step()
+		time.Sleep(time.Duration(s.rng.Int64N(int64(1500 * time.Millisecond))))
+		s.healthChecks()
+		s.check()
+	}
+	if !s.t.Failed() {
+		s.quiet()
+	}
 }
 
 // startSim starts the proxy's watcher and runner against a fake daemon in
