@@ -119,14 +119,16 @@ func TestPairServerHalfClosesFirst(t *testing.T) {
 
 // TestPairLargeReplayNoDeadlock: a large -replay_bytes deadlocked a pair:
 // the client side wrote to the server holding the lock that the server
-// side needed to pass on the server's first byte. A server that greets
-// first and reads only once its greeting arrived shows it: its socket
-// buffer fills, the write blocks, and the greeting never came.
+// side needed to pass on the server's first byte. A server that reads
+// nothing until it has greeted, and greets only once the client's writes
+// stall (the proxy's write to it blocks), shows it: the greeting never
+// came.
 func TestPairLargeReplayNoDeadlock(t *testing.T) {
 	const size = 48 << 20 // more than the loopback socket buffers hold
-	greeted := make(chan struct{})
+	stalled, greeted := make(chan struct{}), make(chan struct{})
 	got := make(chan int64, 1)
 	srv := startLoopServer(t, func(c *net.TCPConn) {
+		<-stalled
 		_, _ = io.WriteString(c, "hello\n")
 		<-greeted
 		n, _ := io.Copy(io.Discard, c)
@@ -134,15 +136,32 @@ func TestPairLargeReplayNoDeadlock(t *testing.T) {
 	})
 	rig := startProxyRig(t, srv.backend("a"), time.Second, 0, func(p *proxy) { p.replayMax = 64 << 20 })
 	c := dialTCP(t, rig.addr)
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	werr := make(chan error, 1)
 	go func() {
-		_, err := c.Write(make([]byte, size))
+		buf := make([]byte, 1<<20)
+		once := sync.OnceFunc(func() { close(stalled) })
+		defer once()
+		for left := size; left > 0; {
+			// A write that makes no progress for a while is the
+			// stall the server waits for.
+			_ = c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+			n, err := c.Write(buf[:min(len(buf), left)])
+			left -= n
+			if isTimeoutErr(err) {
+				once()
+				continue
+			}
+			if err != nil {
+				werr <- err
+				return
+			}
+		}
 		_ = c.CloseWrite()
-		werr <- err
+		werr <- nil
 	}()
 	if _, err := io.ReadFull(c, make([]byte, len("hello\n"))); err != nil {
-		t.Fatalf("the greeting never came while the client sent %d MiB: %v", size>>20, err)
+		t.Fatalf("the greeting never came while the client's writes stalled: %v", err)
 	}
 	close(greeted)
 	if err := <-werr; err != nil {
