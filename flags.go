@@ -46,7 +46,8 @@ type config struct {
 	network       string
 	labels        []label
 	metricsAddr   string
-	proxyProtocol int // 0 (off), 1 or 2
+	proxyProtocol int    // 0 (off), 1 or 2
+	control       string // the control socket's path; "": none
 	version       bool
 }
 
@@ -80,6 +81,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		shutdown:      10 * time.Second,
 		replayBytes:   defaultReplayBytes,
 		logFormat:     "text",
+		control:       controlAuto,
 	}
 	fs := flag.NewFlagSet("docker-proxy", flag.ContinueOnError)
 	fs.StringVar(&cfg.address, "address", "0.0.0.0", "the `address` the proxy listens on")
@@ -130,6 +132,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		}
 		return nil
 	})
+	fs.StringVar(&cfg.control, "control", cfg.control, "`path` of the control socket that docker-proxy wait, deploy and status use (auto: "+controlDir+"/ADDRESS-PORTS.sock; \"\": off)")
 	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	fs.VisitAll(func(f *flag.Flag) {
 		f.Usage += " [$" + envVar(f.Name) + "]"
@@ -143,7 +146,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(envPrefix)); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(out)
-			fmt.Fprintf(out, "Usage: docker-proxy -ports SPEC -tag IMAGE [flags]\n\n"+
+			fmt.Fprintf(out, "Usage: docker-proxy -ports SPEC -tag IMAGE [flags]\n"+
+				"       docker-proxy wait|deploy|status [flags] (see docker-proxy COMMAND -h)\n\n"+
 				"Every flag can also be set by the environment variable in brackets;\n"+
 				"a flag on the command line wins.\n\n")
 			fs.PrintDefaults()

@@ -27,6 +27,9 @@ import (
 )
 
 func main() {
+	if code, ok := runCommand(os.Args[1:]); ok {
+		os.Exit(code)
+	}
 	cfg, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -200,6 +203,22 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 				log.Error("metrics server failed", "addr", cfg.metricsAddr, "err", err)
 			}
 		})
+	}
+	if path := controlPath(cfg); path != "" {
+		cln, err := listenControl(path)
+		switch {
+		case err != nil && cfg.control != controlAuto:
+			return err
+		case err != nil:
+			log.Warn("no control socket: docker-proxy wait, deploy and status cannot reach this proxy (set -control)", "err", err)
+		default:
+			ctl := &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log}
+			wg.Go(func() {
+				if err := ctl.serve(ctx, cln); err != nil {
+					log.Error("control API failed", "socket", path, "err", err)
+				}
+			})
+		}
 	}
 	wg.Go(func() { _ = w.run(ctx) })
 	wg.Go(func() { d.run(ctx, events) })

@@ -28,7 +28,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 		logFormat:     "text",
 		statusTimeout: 10 * time.Second, tag: "myapp", grace: 10 * time.Second,
 		hold: 5 * time.Second, retire: retireRemove, shutdown: 10 * time.Second,
-		replayBytes: defaultReplayBytes,
+		replayBytes: defaultReplayBytes, control: controlAuto,
 	}
 	if got := cfg; !equalConfig(got, want) {
 		t.Errorf("got %+v; want %+v", got, want)
@@ -44,7 +44,7 @@ func TestParseFlagsAll(t *testing.T) {
 		"-address", "127.0.0.1", "-docker", "tcp://127.0.0.1:2375", "-ports", "8080=80",
 		"-status_url", ":80/server-status", "-status_timeout", "3s", "-tag", "docker.io/library/web:v2",
 		"-grace_period", "0", "-hold_timeout", "0", "-drain", "-stop_timeout", "2s", "-retire", "stop",
-		"-shutdown_timeout", "1s", "-max_conns", "100", "-replay_bytes", "0",
+		"-shutdown_timeout", "1s", "-max_conns", "100", "-replay_bytes", "0", "-control", "/tmp/x.sock",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func TestParseFlagsAll(t *testing.T) {
 		address: "127.0.0.1", docker: "tcp://127.0.0.1:2375", ports: []portMap{{8080, 80}},
 		statusURL: statusURL{port: 80, uri: "/server-status"}, statusTimeout: 3 * time.Second,
 		tag: "docker.io/library/web:v2", hold: 0, drain: true, stopTimeout: 2 * time.Second,
-		retire: retireStop, shutdown: time.Second, maxConns: 100, logFormat: "text",
+		retire: retireStop, shutdown: time.Second, maxConns: 100, logFormat: "text", control: "/tmp/x.sock",
 	}
 	if !equalConfig(cfg, want) {
 		t.Errorf("got %+v; want %+v", cfg, want)

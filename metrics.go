@@ -144,7 +144,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, m *metrics, snap *atomic
 		if p := snap.Load(); p != nil {
 			s = *p
 		}
-		_ = enc.Encode(s.current(connected.Load()))
+		_ = enc.Encode(s.current(connected.Load(), time.Now()))
 	})
 	srv := &http.Server{
 		Handler:           mux,

@@ -22,16 +22,24 @@ type prober interface {
 // outcome back to the rule as an event. It runs as one goroutine; probes
 // and retirements run beside it and report through results.
 type runner struct {
-	rule    *rule
-	route   *router
-	ports   []portMap
-	ready   prober
-	retire  retirer
-	owner   func(ctx context.Context, id string) (netip.Addr, time.Time, error) // the address id holds now, and the start of its run; nil: not checked
-	log     *slog.Logger
-	name    string                         // the selector, for /status
-	snap    atomic.Pointer[status]         // for /status, renewed after every step
-	onRoute func(id string, ip netip.Addr) // tests: called after every change of route
+	rule   *rule
+	route  *router
+	ports  []portMap
+	ready  prober
+	retire retirer
+	owner  func(ctx context.Context, id string) (netip.Addr, time.Time, error) // the address id holds now, and the start of its run; nil: not checked
+	log    *slog.Logger
+	name   string                 // the selector, for /status
+	snap   atomic.Pointer[status] // for /status, renewed after every step
+	feed   feed                   // the control API's event streams
+
+	// What the status document tells besides the records.
+	tag, address, version string
+	settings              settings
+
+	seen       map[string]seenRecord // the records as the last events left them (see changes)
+	lastRouted string
+	onRoute    func(id string, ip netip.Addr) // tests: called after every change of route
 
 	mu       sync.Mutex          // guards backends
 	backends map[string]*backend // by container id: those that carry or carried connections
@@ -59,7 +67,7 @@ func (rn *runner) run(ctx context.Context, events <-chan any) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	rn.publish()
+	rn.publish(time.Now())
 	for {
 		var ev any
 		select {
@@ -83,7 +91,7 @@ func (rn *runner) run(ctx context.Context, events <-chan any) {
 			}
 			rn.do(ctx, &wg, a)
 		}
-		rn.publish()
+		rn.publish(time.Now())
 	}
 }
 
@@ -215,6 +223,8 @@ func newDeployRunner(cfg config, route *router, docker dockerAPI, m *metrics, lo
 	rn := newRunner(rl, route, cfg.ports, newChecker(cfg.statusURL, readinessPort(cfg)),
 		dockerRetirer{docker: docker, mode: cfg.retire, stopTimeout: cfg.stopTimeout}, log)
 	rn.owner = addressOf(docker, cfg.network)
+	rn.tag, rn.address, rn.version = cfg.tag, cfg.address, versionString()
+	rn.settings = settings{StatusTimeout: cfg.statusTimeout.String(), GracePeriod: cfg.grace.String(), Drain: cfg.drain, Retire: string(cfg.retire)}
 	return rn
 }
 

@@ -238,7 +238,7 @@ func TestBinaryDockerHostUnreachable(t *testing.T) {
 	cmd := exec.Command(proxyBinary(t), "-tag", "myapp", "-ports", "80", "-address", "127.0.0.1")
 	cmd.Env = append(cleanEnv(), "DOCKER_HOST="+dead)
 	out, err := outputWithin(t, cmd, 20*time.Second)
-	if code := exitCode(err); code != 1 {
+	if code := processExit(err); code != 1 {
 		t.Errorf("got %v; want exit status 1", err)
 	}
 	if !strings.Contains(out, "DOCKER_HOST "+dead) {
@@ -246,7 +246,7 @@ func TestBinaryDockerHostUnreachable(t *testing.T) {
 	}
 }
 
-func exitCode(err error) int {
+func processExit(err error) int {
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode()
 	}
@@ -316,7 +316,7 @@ func TestDockerTLSWrongCA(t *testing.T) {
 			case <-time.After(8 * time.Second):
 				t.Fatal("still running 8s after start; want a quick exit")
 			}
-			if code := exitCode(pp.err); code != 1 {
+			if code := processExit(pp.err); code != 1 {
 				t.Errorf("exit: %v; want status 1", pp.err)
 			}
 			lines := pp.logs.lines("docker-proxy failed")

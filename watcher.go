@@ -30,6 +30,8 @@ type dockerAPI interface {
 // ctrInfo is what the proxy knows of one running container of the tag.
 type ctrInfo struct {
 	id      string
+	name    string    // without Docker's leading slash
+	image   string    // as the container was started: the reference, or an image id
 	created time.Time // orders containers: the newest ready one serves
 	started time.Time // tells a restart from a repeated event
 	ip      netip.Addr
@@ -390,7 +392,7 @@ func (w *watcher) inspect(ctx context.Context, id string) (ctrInfo, bool, error)
 	if c.ContainerJSONBase == nil || c.State == nil || c.Config == nil || !w.sel.match(c.Config.Image, c.Config.Labels) {
 		return ctrInfo{}, false, errNotOurs
 	}
-	info := ctrInfo{id: c.ID, paused: c.State.Paused}
+	info := ctrInfo{id: c.ID, name: strings.TrimPrefix(c.Name, "/"), image: c.Config.Image, paused: c.State.Paused}
 	info.created, _ = time.Parse(time.RFC3339Nano, c.Created)
 	info.started, _ = time.Parse(time.RFC3339Nano, c.State.StartedAt)
 	w.ours[c.ID] = time.Time{}

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"golang.org/x/net/netutil"
+)
+
+// The control API: HTTP on a unix socket, for docker-proxy wait, deploy
+// and status, and for any other tool (curl --unix-socket). Only the
+// proxy's user may connect (mode 0600): whoever can also reaches
+// docker.sock, so the API need not be more careful than Docker's. It only
+// reads: nothing a client sends changes what the proxy does.
+//
+//	GET /v1/status            the status document (see status)
+//	GET /v1/events            the status document, then events and the
+//	                          status after them as JSON lines, as they happen
+//	GET /v1/containers/{ref}  a container by id, short id or name, as Docker
+//	                          knows it, and whether the proxy selects it
+//
+// Every answer carries the header Docker-Proxy-Api: 1, by which a client
+// tells a docker-proxy from anything else listening on a socket.
+
+const (
+	controlAPI    = 1
+	controlHeader = "Docker-Proxy-Api"
+	controlDir    = "/run/docker-proxy"
+	controlAuto   = "auto"
+
+	controlMaxConns = 64                             // clients at once: each wait holds one
+	controlRefresh  = 5 * time.Second                // an event stream sends the status this often
+	maxUnixPath     = len("/run/docker-proxy/") + 80 // well inside sun_path's 108 bytes
+)
+
+// controlPath is the control socket's path for cfg, "" for none: -control,
+// or with auto one derived from -address and the host ports, so that two
+// proxies on one host never share one.
+func controlPath(cfg config) string {
+	if cfg.control != controlAuto {
+		return cfg.control
+	}
+	return autoControlPath(cfg.address, cfg.ports)
+}
+
+func autoControlPath(address string, ports []portMap) string {
+	hosts := make([]int, len(ports))
+	for i, p := range ports {
+		hosts[i] = int(p.host)
+	}
+	slices.Sort(hosts)
+	parts := make([]string, len(hosts))
+	for i, h := range hosts {
+		parts[i] = strconv.Itoa(h)
+	}
+	name := address + "-" + strings.Join(parts, ",") + ".sock"
+	if len(controlDir)+1+len(name) > maxUnixPath {
+		sum := sha256.Sum256([]byte(name))
+		name = hex.EncodeToString(sum[:10]) + ".sock"
+	}
+	return filepath.Join(controlDir, name)
+}
+
+// listenControl opens the control socket at path. A socket left by a
+// proxy that is gone is replaced; one that a live process answers on is
+// not.
+func listenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: a file that is not a socket is in the way", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("control socket %s: another process listens on it (another docker-proxy for the same ports?)", path)
+		}
+		_ = os.Remove(path) // left by a process that is gone
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return netutil.LimitListener(ln, controlMaxConns), nil
+}
+
+// control serves the control API.
+type control struct {
+	rn        *runner
+	connected *atomic.Bool // the Docker event stream is up
+	docker    dockerAPI
+	sel       selector
+	log       *slog.Logger
+}
+
+// controlContainer is the answer of /v1/containers/{ref}.
+type controlContainer struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	Image    string    `json:"image"`
+	Created  time.Time `json:"created"`
+	State    string    `json:"state"` // Docker's: running, exited...
+	Selected bool      `json:"selected"`
+}
+
+// controlLine is one line of /v1/events: an event or a status.
+type controlLine struct {
+	Event  *deployEvent `json:"event,omitempty"`
+	Status *status      `json:"status,omitempty"`
+}
+
+func (c *control) serve(ctx context.Context, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", c.status)
+	mux.HandleFunc("GET /v1/events", c.events)
+	mux.HandleFunc("GET /v1/containers/{ref}", c.container)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(controlHeader, strconv.Itoa(controlAPI))
+			mux.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
+	}
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	c.log.Info("serving the control API", "socket", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// now is the status document as of now.
+func (c *control) now(s *status) *status {
+	if s == nil {
+		s = &status{API: controlAPI}
+	}
+	cur := s.current(c.connected.Load(), time.Now())
+	return &cur
+}
+
+func (c *control) status(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(c.now(c.rn.snap.Load()))
+}
+
+func (c *control) events(w http.ResponseWriter, r *http.Request) {
+	last, updates, cancel := c.rn.feed.subscribe()
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	send := func(lines ...controlLine) bool {
+		for _, l := range lines {
+			if enc.Encode(l) != nil {
+				return false
+			}
+		}
+		return rc.Flush() == nil
+	}
+	if !send(controlLine{Status: c.now(last)}) {
+		return
+	}
+	refresh := time.NewTicker(controlRefresh)
+	defer refresh.Stop()
+	for {
+		var lines []controlLine
+		select {
+		case u, ok := <-updates:
+			if !ok {
+				return // fell behind: the client reconnects
+			}
+			for i := range u.events {
+				lines = append(lines, controlLine{Event: &u.events[i]})
+			}
+			last = u.status
+		case <-refresh.C:
+		case <-r.Context().Done():
+			return
+		}
+		if !send(append(lines, controlLine{Status: c.now(last)})...) {
+			return
+		}
+	}
+}
+
+func (c *control) container(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("ref")
+	ctx, cancel := context.WithTimeout(r.Context(), dockerTimeout)
+	defer cancel()
+	info, err := c.docker.ContainerInspect(ctx, ref)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		http.Error(w, fmt.Sprintf("no such container: %s", ref), http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, fmt.Sprintf("inspect %s: %v", ref, err), http.StatusBadGateway)
+		return
+	case info.ContainerJSONBase == nil || info.Config == nil || info.State == nil:
+		http.Error(w, fmt.Sprintf("inspect %s: the daemon's answer lacks its configuration", ref), http.StatusBadGateway)
+		return
+	}
+	created, _ := time.Parse(time.RFC3339Nano, info.Created)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(controlContainer{
+		Created:  created,
+		ID:       info.ID,
+		Name:     strings.TrimPrefix(info.Name, "/"),
+		Image:    info.Config.Image,
+		State:    info.State.Status,
+		Selected: c.sel.match(info.Config.Image, info.Config.Labels),
+	})
+}
