@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,7 +147,6 @@ func TestDockerComposeExample(t *testing.T) {
 		"PROXY_PORT="+strconv.Itoa(port),
 		"WEB_STATUS_URL=:80/status",
 		"GRACE_PERIOD=2s",
-		"DEPLOY_TIMEOUT=90",
 	)}
 	t.Cleanup(func() { p.cleanup(t) })
 
@@ -187,4 +187,27 @@ func TestDockerComposeExample(t *testing.T) {
 		t.Errorf("after the deploy, proxy containers %+v; want the one, running", proxies)
 	}
 	t.Logf("%d requests through the deploy, 0 failed", ok)
+
+	// A deploy of an image that never becomes ready fails: deploy.sh
+	// exits 1 with wait's reason, removes the new container, and the one
+	// that served goes on serving.
+	bad := prefix + "-compose-bad:v1"
+	if err := buildImage(bad, map[string]string{"Dockerfile": "FROM " + serverImage + "\nCMD [\"-fail_status\"]\n"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.env = append(p.env, "WEB_IMAGE="+bad)
+	out, err := p.exec(exec.CommandContext(ctx, "sh", deploy))
+	t.Logf("deploy.sh of %s:\n%s", bad, out)
+	if code := processExit(err); code != 1 {
+		t.Fatalf("deploy.sh of an image never ready: %v; want exit status 1", err)
+	}
+	if !strings.Contains(out, "was ignored: not ready within -status_timeout") || !strings.Contains(out, "500 Internal Server Error") {
+		t.Errorf("deploy.sh's output does not give wait's reason")
+	}
+	if still := p.onlyWeb(t); still.id != nu.id {
+		t.Errorf("after the failed deploy, web container %s; want %s still the only one", still.short(), nu.short())
+	}
+	if host := whoAnswers(t, addr); host != nu.host {
+		t.Errorf("after the failed deploy, answered by %s; want %s", host, nu.host)
+	}
 }

@@ -3,17 +3,18 @@
 #
 # It starts a second web container beside the running one, from the image
 # WEB_IMAGE names now (say, just rebuilt with `docker build -t myapp:latest .`),
-# then waits until docker-proxy has sent new connections to it and removed
-# the old one, so that exactly one web container runs again.
+# then waits with `docker-proxy wait` until the proxy serves it and has
+# removed the old one. It exits as wait does: 0 when the deploy is done,
+# 1 when it failed (the new container is then removed, so that the old one
+# is again the only one), 3 when it could not tell.
 #
 #   WEB_IMAGE=myapp:latest ./deploy.sh
 #
-# DEPLOY_TIMEOUT (seconds, default 120) bounds the wait: make it longer
-# than the proxy's -status_timeout plus -grace_period.
+# DEPLOY_TIMEOUT (seconds; default: the proxy's -status_timeout plus
+# -grace_period, plus a minute) bounds the wait.
 set -eu
 cd "$(dirname "$0")"
 service=web
-timeout=${DEPLOY_TIMEOUT:-120}
 
 ids() { docker-compose ps -q "$service"; }
 count() { echo "$1" | grep -c . || true; }
@@ -31,23 +32,38 @@ case $(count "$before") in
 	exit 1
 	;;
 esac
+proxy=$(docker-compose ps -q proxy)
+if [ -z "$proxy" ]; then
+	echo "deploy.sh: the proxy service is not running: docker-compose up -d" >&2
+	exit 1
+fi
 
 # Scale to two without touching the running container: the new one starts
 # beside it, and the proxy swaps to it once it answers its status URL.
 docker-compose up -d --no-deps --scale "$service=2" --no-recreate "$service"
+new=$(ids | grep -v "^$before\$" || true)
+if [ "$(count "$new")" -ne 1 ]; then
+	echo "deploy.sh: docker-compose started no new $service container" >&2
+	exit 1
+fi
 
-waited=0
-while :; do
-	now=$(ids)
-	if [ "$(count "$now")" -eq 1 ] && [ "$now" != "$before" ]; then
-		echo "deploy.sh: $service is now served by $(echo "$now" | cut -c1-12); the old one was removed"
-		exit 0
-	fi
-	if [ "$waited" -ge "$timeout" ]; then
-		echo "deploy.sh: after ${timeout}s the old $service container is still there: see docker-compose logs proxy" >&2
-		echo "deploy.sh: (a new container that is not ready within -status_timeout is ignored: logged as 'ignored: not ready in time')" >&2
-		exit 1
-	fi
-	sleep 1
-	waited=$((waited + 1))
-done
+# The proxy's image is FROM scratch: its binary is the client.
+set -- /docker-proxy wait
+if [ -n "${DEPLOY_TIMEOUT:-}" ]; then
+	set -- "$@" -timeout "${DEPLOY_TIMEOUT}s"
+fi
+status=0
+docker exec "$proxy" "$@" "$new" || status=$?
+case $status in
+0)
+	echo "deploy.sh: $service is now served by $(echo "$new" | cut -c1-12); the old one was removed"
+	;;
+1)
+	echo "deploy.sh: the deploy failed; removing the new container $(echo "$new" | cut -c1-12), so that the old one stays the only one" >&2
+	docker rm -f "$new" >/dev/null
+	;;
+*)
+	echo "deploy.sh: could not tell whether the deploy worked (exit $status): see docker-compose logs proxy" >&2
+	;;
+esac
+exit "$status"
