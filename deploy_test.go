@@ -123,6 +123,7 @@ type deployHarness struct {
 	retired *recordingRetirer
 	logs    *logBuffer
 	events  chan any
+	rn      *runner
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
@@ -148,6 +149,7 @@ func newDeployHarness(t *testing.T, configure func(*ruleConfig)) *deployHarness 
 	ports := []portMap{{80, 80}}
 	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	rn := newRunner(newRule(cfg, log, newMetrics(ports)), h.route, ports, h.ready, h.retired, log)
+	h.rn = rn
 	ctx, cancel := context.WithCancel(t.Context())
 	h.cancel = cancel
 	go func() {
