@@ -130,12 +130,16 @@ type promAlert struct {
 	State  string            `json:"state"`
 }
 
+// alerts returns the pending and firing alerts. Prometheus has answered
+// before it is called, so not answering now fails the test.
 func (s *promServer) alerts(t *testing.T) []promAlert {
 	t.Helper()
 	var data struct {
 		Alerts []promAlert `json:"alerts"`
 	}
-	s.api(t, "/api/v1/alerts", &data)
+	if !s.api(t, "/api/v1/alerts", &data) {
+		t.Fatal("GET /api/v1/alerts: prometheus does not answer")
+	}
 	return data.Alerts
 }
 
