@@ -165,6 +165,7 @@ func ruleNames(t *testing.T) map[string]bool {
 // on the proxy's real metrics and none fires while a container serves;
 // a container that is never ready fires DockerProxyDeployIgnored.
 func TestDockerPrometheusScrapesAndAlerts(t *testing.T) {
+	needDocker(t)             // skips first under -short
 	needTool(t, "prometheus") // before any container starts
 	tag := newTag(t, "v1")
 	old := startCtr(t, tag)
