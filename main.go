@@ -189,6 +189,7 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 	p.replayMax, p.proxyProtocol = cfg.replayBytes, cfg.proxyProtocol
 	events := make(chan any)
 	w := &watcher{docker: docker, sel: sel, net: cfg.network, log: log, out: events, m: p.m}
+	p.m.followEvents(&w.connected)
 	d := newDeployRunner(cfg, route, docker, p.m, log)
 	d.name = sel.String()
 

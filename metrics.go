@@ -26,6 +26,7 @@ type metrics struct {
 	reg *prometheus.Registry
 
 	accepted, failed   []prometheus.Counter // by listener index
+	limited            []prometheus.Counter
 	active             []prometheus.Gauge
 	bytesUp, bytesDown []prometheus.Counter // client to container, and back
 
@@ -34,6 +35,7 @@ type metrics struct {
 	readiness                              *prometheus.CounterVec
 	readyTime                              prometheus.Histogram
 	serving                                *prometheus.GaugeVec
+	servingNow                             prometheus.Gauge
 }
 
 func newMetrics(ports []portMap) *metrics {
@@ -46,6 +48,7 @@ func newMetrics(ports []portMap) *metrics {
 	}
 	accepted := portVec("connections_accepted_total", "Connections accepted, by host port.")
 	failed := portVec("connections_failed_total", "Connections closed unforwarded: no container ready and reachable within the hold timeout.")
+	limited := portVec("connections_limited_total", "Connections accepted that had to wait for a slot at -max_conns.")
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "docker_proxy_bytes_total", Help: "Bytes forwarded, by host port and direction (up: client to container).",
 	}, []string{"port", "direction"})
@@ -70,6 +73,17 @@ func newMetrics(ports []portMap) *metrics {
 		serving: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "docker_proxy_serving_info", Help: "The container new connections go to (value 1).",
 		}, []string{"container", "addr"}),
+		// serving_info vanishes when none serves, and an absent series
+		// fires no alert: this one is there, at 0.
+		servingNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "docker_proxy_serving", Help: "1 while a ready container takes new connections, 0 while they wait for one.",
+		}),
+	}
+	// Every outcome exists from the start: increase() cannot see a
+	// series' first sample, so an ignored deploy that created the series
+	// would fire no alert.
+	for _, o := range []string{"ready", "ignored", "superseded"} {
+		m.readiness.WithLabelValues(o)
 	}
 	m.removalFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "docker_proxy_removal_failures_total", Help: "Failed attempts to retire a container; each is retried with backoff."})
 	f(m.removalFailures)
@@ -80,12 +94,14 @@ func newMetrics(ports []portMap) *metrics {
 	f(m.readiness)
 	f(m.readyTime)
 	f(m.serving)
+	f(m.servingNow)
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, p := range ports {
 		port := strconv.Itoa(int(p.host))
 		m.accepted = append(m.accepted, accepted.WithLabelValues(port))
 		m.failed = append(m.failed, failed.WithLabelValues(port))
+		m.limited = append(m.limited, limited.WithLabelValues(port))
 		m.active = append(m.active, active.WithLabelValues(port))
 		m.bytesUp = append(m.bytesUp, bytes.WithLabelValues(port, "up"))
 		m.bytesDown = append(m.bytesDown, bytes.WithLabelValues(port, "down"))
@@ -96,9 +112,25 @@ func newMetrics(ports []portMap) *metrics {
 // setServing records the serving container; nil for none.
 func (m *metrics) setServing(c *ctrInfo) {
 	m.serving.Reset()
-	if c != nil {
-		m.serving.WithLabelValues(c.short(), c.ip.String()).Set(1)
+	if c == nil {
+		m.servingNow.Set(0)
+		return
 	}
+	m.servingNow.Set(1)
+	m.serving.WithLabelValues(c.short(), c.ip.String()).Set(1)
+}
+
+// followEvents exports whether the Docker event stream is up: while it is
+// down, the proxy sees no deploy. Call it once, with the watcher's flag.
+func (m *metrics) followEvents(connected *atomic.Bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "docker_proxy_event_stream_connected", Help: "1 while the Docker event stream is up, 0 while the proxy reconnects.",
+	}, func() float64 {
+		if connected.Load() {
+			return 1
+		}
+		return 0
+	}))
 }
 
 // The metrics server is for a scraper and a person with curl, never for

@@ -172,6 +172,11 @@ func TestDockerMetricsAndStatus(t *testing.T) {
 		t.Errorf("serving_info for %s = %v; want 1", old.short(), v)
 	}
 	first.must(t, "docker_proxy_event_stream_reconnects_total")
+	for _, name := range []string{"docker_proxy_serving", "docker_proxy_event_stream_connected"} {
+		if v := first.must(t, name); v != 1 {
+			t.Errorf("%s = %v while a container serves and the stream is up; want 1", name, v)
+		}
+	}
 	for _, name := range []string{"docker_proxy_swaps_total", "docker_proxy_removals_total"} {
 		if v := first.must(t, name); v != 0 {
 			t.Errorf("%s = %v before any deploy; want 0", name, v)

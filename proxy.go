@@ -133,18 +133,34 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 			continue
 		}
 		backoff = 0
-		if p.slots != nil {
-			select {
-			case p.slots <- struct{}{}:
-			case <-ctx.Done():
-				_ = c.Close()
-				return nil
-			}
+		if !p.takeSlot(ctx, i) {
+			_ = c.Close()
+			return nil
 		}
 		p.m.accepted[i].Inc()
 		p.m.active[i].Inc()
 		p.open.Add(1)
 		go p.handle(c, i)
+	}
+}
+
+// takeSlot waits for a -max_conns slot for a connection of listener i,
+// counting the ones that must wait; false if ctx ends first.
+func (p *proxy) takeSlot(ctx context.Context, i int) bool {
+	if p.slots == nil {
+		return true
+	}
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	default:
+	}
+	p.m.limited[i].Inc()
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

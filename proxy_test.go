@@ -653,12 +653,18 @@ func TestProxyMaxConns(t *testing.T) {
 	c1, c2 := dialTCP(t, rig.addr), dialTCP(t, rig.addr)
 	echoRound(t, c1, "one")
 	echoRound(t, c2, "two")
+	if n := counterValue(t, rig.p.m.limited[0]); n != 0 {
+		t.Errorf("connections_limited_total %v below the limit; want 0", n)
+	}
 
 	c3 := dialTCP(t, rig.addr) // completes in the kernel's backlog
 	if _, err := io.WriteString(c3, "three"); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 	expectSilent(t, c3, 300*time.Millisecond)
+	waitUntil(t, 5*time.Second, "connections_limited_total at 1", func() bool {
+		return counterValue(t, rig.p.m.limited[0]) == 1
+	})
 
 	_ = c1.Close()
 	got := make([]byte, 5)
