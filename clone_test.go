@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -641,5 +642,41 @@ func TestCloneStartFailureRemoves(t *testing.T) {
 				t.Errorf("last call %q; want a forced remove with a live context", last)
 			}
 		})
+	}
+}
+
+// TestCloneDescribe: the dry-run text names what deploy would create, and
+// what it did not copy.
+func TestCloneDescribe(t *testing.T) {
+	s := planTest(t, func(i *container.InspectResponse) {
+		i.HostConfig.PortBindings = nat.PortMap{"80/tcp": {{HostPort: "8080"}}}
+		i.HostConfig.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyOnFailure, MaximumRetryCount: 3}
+		i.Config.Cmd = []string{"serve", "-v"}
+	})
+	s.Config.Env = applyEnv(s.Config.Env, []string{"NEW=1"})
+	var b bytes.Buffer
+	if err := s.describe(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"name:        web-2\n",
+		"image:       myapp:latest (4e3)\n",
+		"entrypoint:  [\"/app2\"]  (image)\n",
+		"cmd:         [\"serve\" \"-v\"]\n",
+		"user:        app2  (image)\n",
+		"env:         FOO=bar\n             NEW=1\n             PATH=/bin  (image)\n             MODE=new  (image)\n",
+		"labels:      role=web\n             build=2  (image)\n",
+		"mounts:      volume data -> /data\n",
+		"networks:    app (aliases web) (created on it)\n",
+		"restart:     on-failure:3\n",
+		"resources:   memory 64m\n",
+		"healthcheck: (none)\n",
+		"not copied:\n  - published port 8080->80/tcp",
+		"  - anonymous volume abababababab at /cache",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("describe lacks %q:\n%s", want, out)
+		}
 	}
 }
