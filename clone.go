@@ -13,6 +13,7 @@ package main
 // image's.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -311,11 +312,11 @@ func copyHostConfig(info container.InspectResponse, skipped *[]string) *containe
 	h := *info.HostConfig
 	for _, p := range slices.Sorted(maps.Keys(h.PortBindings)) {
 		for _, b := range h.PortBindings[p] {
-			host := b.HostPort
+			host := "host port " + cmp.Or(b.HostPort, "(any)")
 			if b.HostIP != "" {
-				host = b.HostIP + ":" + host
+				host = b.HostIP + ":" + cmp.Or(b.HostPort, "(any)")
 			}
-			*skipped = append(*skipped, fmt.Sprintf("published port %s->%s: not copied: the proxy owns the host ports, and a published port would clash with the running container", host, p))
+			*skipped = append(*skipped, fmt.Sprintf("published port %s on %s: not copied: the proxy owns the host ports, and a published port would clash with the running container", p, host))
 		}
 	}
 	if h.PublishAllPorts {

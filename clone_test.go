@@ -296,7 +296,7 @@ func TestCloneDropsWhatClashes(t *testing.T) {
 		t.Errorf("endpoint IPAM %+v links %v; want none", ep.IPAMConfig, ep.Links)
 	}
 	for _, want := range []string{
-		"published port 127.0.0.1:8080->80/tcp", "publish all ports", "link /db:/web/db",
+		"published port 80/tcp on 127.0.0.1:8080", "publish all ports", "link /db:/web/db",
 		"mac address 02:42:ac:11:00:09", "fixed address 172.18.0.9 on network app", "fixed address fd00::9",
 		"link cache:cache on network app",
 	} {
@@ -672,7 +672,7 @@ func TestCloneDescribe(t *testing.T) {
 		"restart:     on-failure:3\n",
 		"resources:   memory 64m\n",
 		"healthcheck: (none)\n",
-		"not copied:\n  - published port 8080->80/tcp",
+		"not copied:\n  - published port 80/tcp on host port 8080:",
 		"  - anonymous volume abababababab at /cache",
 	} {
 		if !strings.Contains(out, want) {
