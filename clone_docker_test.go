@@ -108,27 +108,34 @@ func newCloneSetup(t *testing.T) cloneSetup {
 }
 
 // TestCloneDockerStart: the copy runs the new image with the user's
-// settings and the new image's defaults, under a derived free name, and
-// publishes no port.
+// settings and the new image's defaults, under a derived name that is
+// free (when planned, and again when created), and publishes no port.
 func TestCloneDockerStart(t *testing.T) {
 	s := newCloneSetup(t)
 	cli := dockerCli
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	// base-web-2 is taken: the copy is base-web-3.
-	taken, err := cli.ContainerCreate(ctx, &container.Config{
-		Image: s.tag, Labels: map[string]string{testLabel: runID, pidLabel: ownPID},
-	}, nil, nil, nil, s.base+"-web-2")
-	if err != nil {
-		t.Fatalf("create %s-web-2: %v", s.base, err)
+	// base-web-2 is taken before the plan, base-web-3 between the plan and
+	// the start: the copy is base-web-4.
+	take := func(name string) {
+		c, err := cli.ContainerCreate(ctx, &container.Config{
+			Image: s.tag, Labels: map[string]string{testLabel: runID, pidLabel: ownPID},
+		}, nil, nil, nil, name)
+		if err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		t.Cleanup(func() { removeCtr(c.ID) })
 	}
-	t.Cleanup(func() { removeCtr(taken.ID) })
-
+	take(s.base + "-web-2")
 	spec, err := planNext(ctx, cli, s.old.id, s.tag, []string{"EXTRA=1"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if spec.Name != s.base+"-web-3" {
+		t.Fatalf("planned name %q; want %s-web-3", spec.Name, s.base)
+	}
+	take(spec.Name)
 	id, err := spec.start(ctx, cli)
 	if id != "" {
 		t.Cleanup(func() { removeCtr(id) })
@@ -141,8 +148,8 @@ func TestCloneDockerStart(t *testing.T) {
 		t.Fatalf("inspect the copy %s: %v", shortID(id), err)
 	}
 
-	if info.Name != "/"+s.base+"-web-3" {
-		t.Errorf("name %q; want /%s-web-3", info.Name, s.base)
+	if info.Name != "/"+s.base+"-web-4" {
+		t.Errorf("name %q; want /%s-web-4", info.Name, s.base)
 	}
 	if info.Image != s.v2ID || info.Config.Image != s.tag {
 		t.Errorf("image %s (%s); want %s (%s)", info.Config.Image, info.Image, s.tag, s.v2ID)
