@@ -542,6 +542,10 @@ func (s nextSpec) start(ctx context.Context, docker cloneAPI) (string, error) {
 		if err == nil {
 			break
 		}
+		if ctx.Err() != nil {
+			// The daemon may have created it before the answer was lost.
+			return "", errors.Join(fmt.Errorf("create %s: %w", s.Name, err), s.removeUnanswered(ctx, docker))
+		}
 		if !cerrdefs.IsConflict(err) || try == maxNameTries {
 			return "", fmt.Errorf("create %s: %w", s.Name, err)
 		}
@@ -549,9 +553,7 @@ func (s nextSpec) start(ctx context.Context, docker cloneAPI) (string, error) {
 	}
 	id := created.ID
 	fail := func(err error) (string, error) {
-		// Removed even when ctx has ended: a created container left behind
-		// would be the next deploy's surprise.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		rctx, cancel := cleanupContext(ctx)
 		defer cancel()
 		if rerr := docker.ContainerRemove(rctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true}); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove %s: %w", shortID(id), rerr))
@@ -570,4 +572,33 @@ func (s nextSpec) start(ctx context.Context, docker cloneAPI) (string, error) {
 		return fail(fmt.Errorf("start %s (%s): %w", s.Name, shortID(id), err))
 	}
 	return id, nil
+}
+
+// cleanupContext outlives ctx: a container left behind because the user
+// pressed ^C would be the next deploy's surprise.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
+// removeUnanswered removes the container that a create whose context
+// ended may have made: one of the copy's name and image that never
+// started, as only that create can have left it.
+func (s nextSpec) removeUnanswered(ctx context.Context, docker cloneAPI) error {
+	rctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	info, err := docker.ContainerInspect(rctx, s.Name)
+	if cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspect %s: %w", s.Name, err)
+	}
+	if info.ContainerJSONBase == nil || info.Config == nil || info.State == nil ||
+		info.Config.Image != s.Config.Image || info.State.Status != container.StateCreated {
+		return nil
+	}
+	if err := docker.ContainerRemove(rctx, info.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
+		return fmt.Errorf("remove %s (%s): %w", s.Name, shortID(info.ID), err)
+	}
+	return nil
 }

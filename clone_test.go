@@ -452,12 +452,14 @@ type fakeClone struct {
 	filters []string // name filters listed with
 
 	createErrs []error // returned by the creates in turn, then nil
+	lostCreate func()  // if set, a create makes the container, calls it and returns its context's error
 	connectErr error
 	startErr   error
 	onStart    func()
 
 	calls   []string
 	created []fakeCreated
+	made    map[string]container.InspectResponse // the created containers, by name
 	removed []string
 }
 
@@ -479,10 +481,13 @@ func newFakeClone(t *testing.T, edit func(*container.InspectResponse)) *fakeClon
 }
 
 func (f *fakeClone) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
-	if id != f.info.ID {
-		return container.InspectResponse{}, fmt.Errorf("no such container %s: %w", id, cerrdefs.ErrNotFound)
+	if id == f.info.ID {
+		return f.info, nil
 	}
-	return f.info, nil
+	if c, ok := f.made[id]; ok {
+		return c, nil
+	}
+	return container.InspectResponse{}, fmt.Errorf("no such container %s: %w", id, cerrdefs.ErrNotFound)
 }
 
 func (f *fakeClone) ContainerList(_ context.Context, o container.ListOptions) ([]container.Summary, error) {
@@ -498,7 +503,7 @@ func (f *fakeClone) ImageInspect(_ context.Context, ref string, _ ...client.Imag
 	return img, nil
 }
 
-func (f *fakeClone) ContainerCreate(_ context.Context, cfg *container.Config, _ *container.HostConfig, netCfg *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
+func (f *fakeClone) ContainerCreate(ctx context.Context, cfg *container.Config, _ *container.HostConfig, netCfg *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
 	f.calls = append(f.calls, "create "+name)
 	if len(f.createErrs) > 0 {
 		err := f.createErrs[0]
@@ -508,6 +513,17 @@ func (f *fakeClone) ContainerCreate(_ context.Context, cfg *container.Config, _ 
 		}
 	}
 	f.created = append(f.created, fakeCreated{name, *cfg, netCfg})
+	if f.made == nil {
+		f.made = map[string]container.InspectResponse{}
+	}
+	f.made[name] = container.InspectResponse{
+		ContainerJSONBase: &container.ContainerJSONBase{ID: "new-" + name, State: &container.State{Status: container.StateCreated}},
+		Config:            cfg,
+	}
+	if f.lostCreate != nil {
+		f.lostCreate()
+		return container.CreateResponse{}, ctx.Err()
+	}
 	return container.CreateResponse{ID: "new-" + name}, nil
 }
 
@@ -602,18 +618,21 @@ func TestCloneStart(t *testing.T) {
 }
 
 // TestCloneStartFailureRemoves: a failed connect or start removes the
-// container, even when the context has ended; a failed create leaves
-// nothing to remove.
+// container, even when the context has ended; so does a create whose
+// answer the ended context lost; a failed create leaves nothing to
+// remove.
 func TestCloneStartFailureRemoves(t *testing.T) {
 	boom := errors.New("boom")
 	tests := []struct {
-		name string
-		set  func(f *fakeClone, cancel func())
-		want string
+		name    string
+		set     func(f *fakeClone, cancel func())
+		wantErr error
+		want    string
 	}{
-		{"connect", func(f *fakeClone, _ func()) { f.connectErr = boom }, "connect web-2 (new-web-2) to zeta: boom"},
-		{"start", func(f *fakeClone, cancel func()) { f.startErr, f.onStart = boom, cancel }, "start web-2 (new-web-2): boom"},
-		{"create", func(f *fakeClone, _ func()) { f.createErrs = []error{boom} }, "create web-2: boom"},
+		{"connect", func(f *fakeClone, _ func()) { f.connectErr = boom }, boom, "connect web-2 (new-web-2) to zeta: boom"},
+		{"start", func(f *fakeClone, cancel func()) { f.startErr, f.onStart = boom, cancel }, boom, "start web-2 (new-web-2): boom"},
+		{"create", func(f *fakeClone, _ func()) { f.createErrs = []error{boom} }, boom, "create web-2: boom"},
+		{"create answer lost", func(f *fakeClone, cancel func()) { f.lostCreate = cancel }, context.Canceled, "create web-2: context canceled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -628,7 +647,7 @@ func TestCloneStartFailureRemoves(t *testing.T) {
 			defer cancel()
 			tt.set(f, cancel)
 			id, err := s.start(ctx, f)
-			if id != "" || !errors.Is(err, boom) || err.Error() != tt.want {
+			if id != "" || !errors.Is(err, tt.wantErr) || err.Error() != tt.want {
 				t.Errorf("start: %q, %v; want no id and %q", id, err, tt.want)
 			}
 			wantRemoved := []string{"new-web-2"}
