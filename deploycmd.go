@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 )
 
@@ -23,7 +24,7 @@ func deployMain(args []string, stdout, stderr io.Writer) int {
 	var o waitOptions
 	var ref, docker string
 	var env []string
-	var dryRun bool
+	var dryRun, keep bool
 	fs := newCommandFlags("deploy", "deploy [flags]\n\n"+
 		"Starts a copy of the serving container from the image the proxy's -tag names\n"+
 		"now (after docker build -t that tag, the new build), then waits as wait does.", stderr, &cf)
@@ -36,6 +37,7 @@ func deployMain(args []string, stdout, stderr io.Writer) int {
 		return nil
 	})
 	fs.BoolVar(&dryRun, "dry-run", false, "print the container deploy would create, and create none")
+	fs.BoolVar(&keep, "keep", false, "keep the new container when the deploy fails (default: remove it, so that the old one is the only one again)")
 	fs.StringVar(&docker, "docker", "", "`URL` of the Docker API (default: $DOCKER_HOST, else "+defaultDocker+")")
 	o.flags(fs.DurationVar, fs.BoolVar)
 	if code, exit := parseCommand(fs, args, stderr); exit {
@@ -51,7 +53,7 @@ func deployMain(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	d := deployer{ctl: newCtlClient(path), ref: ref, env: env, docker: docker, dryRun: dryRun, wait: o}
+	d := deployer{ctl: newCtlClient(path), ref: ref, env: env, docker: docker, dryRun: dryRun, keep: keep, wait: o}
 	return report(stderr, "deploy", d.run(ctx, stdout, stderr))
 }
 
@@ -62,6 +64,7 @@ type deployer struct {
 	env    []string
 	docker string
 	dryRun bool
+	keep   bool // the new container, when the deploy fails
 	wait   waitOptions
 }
 
@@ -94,19 +97,35 @@ func (d deployer) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return failf(exitFailed, "plan the copy of %s: %w", s.Serving.Container, err)
 	}
 	if d.dryRun {
-		spec.describe(stdout)
-		return nil
+		return spec.describe(stdout)
 	}
 	id, err := spec.start(ctx, cli)
 	if err != nil {
 		return failf(exitFailed, "start the copy of %s: %w", s.Serving.Container, err)
 	}
+	name := spec.Name
+	if info, err := cli.ContainerInspect(ctx, id); err == nil {
+		name = strings.TrimPrefix(info.Name, "/") // another name, if the planned one was taken meanwhile
+	}
 	p := newProgress(stderr, "deploy")
-	p.note(fmt.Sprintf("started %s (%s) from %s, a copy of %s", shortID(id), spec.Name, ref, s.Serving.Container))
+	p.note(fmt.Sprintf("started %s (%s) from %s, a copy of %s", shortID(id), name, ref, s.Serving.Container))
 	for _, skip := range spec.Skipped {
 		p.note("not copied: " + skip)
 	}
-	return d.wait.wait(ctx, d.ctl, id, stdout, stderr)
+	err = d.wait.wait(ctx, d.ctl, id, stdout, stderr)
+	if exitCode(err) == exitFailed && !d.keep {
+		// The proxy leaves a container that failed alone; the one
+		// deploy started for nothing goes, so the next deploy starts
+		// from one container again.
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dockerTimeout)
+		defer cancel()
+		if rmErr := cli.ContainerRemove(rmCtx, id, container.RemoveOptions{Force: true}); rmErr != nil {
+			p.note(fmt.Sprintf("could not remove %s: %v", shortID(id), rmErr))
+		} else {
+			p.note(fmt.Sprintf("removed %s, which failed (-keep keeps it)", shortID(id)))
+		}
+	}
+	return err
 }
 
-var _ = client.NewClientWithOpts
+var _ cloneAPI = (*client.Client)(nil)
