@@ -84,6 +84,11 @@ func (d deployer) run(ctx context.Context, stdout, stderr io.Writer) error {
 	default:
 		ref = s.Serving.Image
 	}
+	if s.Tag != "" {
+		if m, err := newTagMatcher(s.Tag); err == nil && !m.match(ref) {
+			return failf(exitUsage, "-image %s is not of the proxy's -tag %s: the proxy would never serve it", ref, s.Tag)
+		}
+	}
 	cli, err := dockerClient(config{docker: d.docker})
 	if err != nil {
 		return failf(exitUsage, "%w", err)
@@ -110,7 +115,7 @@ func (d deployer) run(ctx context.Context, stdout, stderr io.Writer) error {
 	p := newProgress(stderr, "deploy")
 	p.note(fmt.Sprintf("started %s (%s) from %s, a copy of %s", shortID(id), name, ref, s.Serving.Container))
 	for _, skip := range spec.Skipped {
-		p.note("not copied: " + skip)
+		p.note(skip)
 	}
 	err = d.wait.wait(ctx, d.ctl, id, stdout, stderr)
 	if exitCode(err) == exitFailed && !d.keep {
@@ -120,10 +125,9 @@ func (d deployer) run(ctx context.Context, stdout, stderr io.Writer) error {
 		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dockerTimeout)
 		defer cancel()
 		if rmErr := cli.ContainerRemove(rmCtx, id, container.RemoveOptions{Force: true}); rmErr != nil {
-			p.note(fmt.Sprintf("could not remove %s: %v", shortID(id), rmErr))
-		} else {
-			p.note(fmt.Sprintf("removed %s, which failed (-keep keeps it)", shortID(id)))
+			return failf(exitFailed, "%w; could not remove %s: %v", err, shortID(id), rmErr)
 		}
+		return failf(exitFailed, "%w; removed %s (-keep keeps it)", err, shortID(id))
 	}
 	return err
 }
