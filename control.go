@@ -15,11 +15,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"golang.org/x/net/netutil"
 )
 
 // The control API: HTTP on a unix socket, for docker-proxy wait, deploy
@@ -79,7 +79,7 @@ func autoControlPath(address string, ports []portMap) string {
 // listenControl opens the control socket at path. A socket left by a
 // proxy that is gone is replaced; one that a live process answers on is
 // not.
-func listenControl(path string) (net.Listener, error) {
+func listenControl(path string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -94,7 +94,7 @@ func listenControl(path string) (net.Listener, error) {
 		}
 		_ = os.Remove(path) // left by a process that is gone
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -102,7 +102,51 @@ func listenControl(path string) (net.Listener, error) {
 		_ = ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	return netutil.LimitListener(ln, controlMaxConns), nil
+	return ln, nil
+}
+
+// limitListener accepts at most n connections at once, like
+// netutil.LimitListener, but hands out the *net.UnixConn itself, so that a
+// hand-over can pass descriptors on a hijacked one.
+type limitListener struct {
+	*net.UnixListener
+	sem    chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newLimitListener(ln *net.UnixListener, n int) *limitListener {
+	return &limitListener{UnixListener: ln, sem: make(chan struct{}, n), closed: make(chan struct{})}
+}
+
+func (l *limitListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.UnixListener.Close()
+}
+
+type limitConn struct {
+	*net.UnixConn
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.UnixConn.Close()
+	c.release()
+	return err
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	c, err := l.AcceptUnix()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitConn{c, sync.OnceFunc(func() { <-l.sem })}, nil
 }
 
 // control serves the control API.
@@ -112,6 +156,8 @@ type control struct {
 	docker    dockerAPI
 	sel       selector
 	log       *slog.Logger
+	source    *handoverSource // what a successor takes over; nil: nothing
+	handing   atomic.Bool     // a hand-over is under way
 }
 
 // controlContainer is the answer of /v1/containers/{ref}.
@@ -130,8 +176,9 @@ type controlLine struct {
 	Status *status      `json:"status,omitempty"`
 }
 
-func (c *control) serve(ctx context.Context, ln net.Listener) error {
+func (c *control) serve(ctx context.Context, ln *net.UnixListener) error {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/handover", c.takeoverRequest)
 	mux.HandleFunc("GET /v1/status", c.status)
 	mux.HandleFunc("GET /v1/events", c.events)
 	mux.HandleFunc("GET /v1/containers/{ref}", c.container)
@@ -146,7 +193,7 @@ func (c *control) serve(ctx context.Context, ln net.Listener) error {
 	}
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	c.log.Info("serving the control API", "socket", ln.Addr().String())
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(newLimitListener(ln, controlMaxConns)); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -228,7 +228,7 @@ func TestDockerBinarySignals(t *testing.T) {
 	if err := pp.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	pp.logs.waitLog(t, 5*time.Second, "SIGHUP ignored: restart docker-proxy to change its settings")
+	pp.logs.waitLog(t, 5*time.Second, "SIGHUP ignored: restart docker-proxy to change its settings (SIGUSR2 restarts it without a gap)")
 	c := dialTCP(t, addr)
 	echoRound(t, c, "still serving after SIGHUP")
 

@@ -65,17 +65,24 @@ func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
 // -shutdown_timeout), a second one closes abort (every connection is
 // closed now). SIGHUP, which a closed terminal or session sends, is logged
 // and ignored: the proxy has nothing to reload, and a restart is the way
-// to change its flags.
+// to change its flags. SIGUSR2 restarts it in place without a gap: a new
+// process of the binary takes over (see restartInPlace).
 func signals(log *slog.Logger) (context.Context, <-chan struct{}) {
 	ctx, stop := context.WithCancel(context.Background())
 	abort := make(chan struct{})
 	ch := make(chan os.Signal, 4)
-	signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	go func() {
 		for n := 0; ; {
 			sig := <-ch
-			if sig == syscall.SIGHUP {
-				log.Info("SIGHUP ignored: restart docker-proxy to change its settings")
+			switch sig {
+			case syscall.SIGHUP:
+				log.Info("SIGHUP ignored: restart docker-proxy to change its settings (SIGUSR2 restarts it without a gap)")
+				continue
+			case syscall.SIGUSR2:
+				if n == 0 {
+					restartInPlace(log)
+				}
 				continue
 			}
 			if n++; n == 1 {
@@ -106,6 +113,17 @@ func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logge
 	if _, err := docker.Ping(pingCtx); err != nil {
 		return fmt.Errorf("cannot reach the Docker daemon at %s: %w", dockerName(cfg, docker), err)
 	}
+	// A proxy already running for these ports hands its sockets over;
+	// else this is a cold start.
+	var t *takeover
+	if path := controlPath(cfg); path != "" {
+		t, err = takeOver(path, cfg)
+		logTakeover(log, path, t, err)
+	}
+	handed := sockets{}
+	if t != nil {
+		handed = t.socks
+	}
 	lns := make([]*net.TCPListener, 0, len(cfg.ports))
 	defer func() {
 		for _, ln := range lns {
@@ -114,14 +132,19 @@ func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logge
 	}()
 	network := listenNetwork(cfg.address)
 	for _, p := range cfg.ports {
+		if ln := handed.ports[p.host]; ln != nil {
+			lns = append(lns, ln)
+			continue
+		}
 		addr := net.JoinHostPort(cfg.address, strconv.Itoa(int(p.host)))
 		ln, err := listenTCP(network, addr)
 		if err != nil {
+			handed.close()
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
 	}
-	return serve(ctx, abort, cfg, docker, lns, log)
+	return serveFrom(ctx, abort, cfg, docker, lns, log, t)
 }
 
 // listenNetwork is the network the listeners open for -address: an IPv4
@@ -179,6 +202,14 @@ func dockerName(cfg config, cli *client.Client) string {
 // until abort is closed, and closes the rest. Whatever the connections do,
 // it returns soon after.
 func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger) error {
+	return serveFrom(ctx, abort, cfg, docker, lns, log, nil)
+}
+
+// serveFrom is serve, after taking over from a predecessor (t) or not
+// (nil). A successor, in turn, ends ctx's part here: it takes over.
+func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger, t *takeover) error {
+	ctx, handedOver := context.WithCancel(ctx)
+	defer handedOver()
 	sel, err := newSelector(cfg.tag, cfg.labels)
 	if err != nil {
 		return err
@@ -192,34 +223,37 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 	p.m.followEvents(&w.connected)
 	d := newDeployRunner(cfg, route, docker, p.m, log)
 	d.name = sel.String()
+	handed := sockets{}
+	if t != nil {
+		d.inherit, handed = t.state.Containers, t.socks
+	}
 
 	var wg sync.WaitGroup
-	if cfg.metricsAddr != "" {
-		mln, err := listenMetrics(cfg.metricsAddr)
-		if err != nil {
-			return err
-		}
+	mln, err := metricsListener(cfg, handed)
+	if err != nil {
+		return err
+	}
+	if mln != nil {
 		wg.Go(func() {
 			if err := serveMetrics(ctx, mln, p.m, &d.snap, &w.connected, log); err != nil {
 				log.Error("metrics server failed", "addr", cfg.metricsAddr, "err", err)
 			}
 		})
 	}
-	if path := controlPath(cfg); path != "" {
-		cln, err := listenControl(path)
-		switch {
-		case err != nil && cfg.control != controlAuto:
-			return err
-		case err != nil:
-			log.Warn("no control socket: docker-proxy wait, deploy and status cannot reach this proxy (set -control)", "err", err)
-		default:
-			ctl := &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log}
-			wg.Go(func() {
-				if err := ctl.serve(ctx, cln); err != nil {
-					log.Error("control API failed", "socket", path, "err", err)
-				}
-			})
-		}
+	cln, err := controlListener(cfg, handed, log)
+	if err != nil {
+		return err
+	}
+	if cln != nil {
+		ctl := &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log, source: &handoverSource{
+			id: listenID(cfg.address, cfg.ports), data: lns, ports: cfg.ports, metrics: mln, mAddr: cfg.metricsAddr,
+			control: cln, state: d.handOver, done: handedOver,
+		}}
+		wg.Go(func() {
+			if err := ctl.serve(ctx, cln); err != nil {
+				log.Error("control API failed", "socket", cln.Addr().String(), "err", err)
+			}
+		})
 	}
 	wg.Go(func() { _ = w.run(ctx) })
 	wg.Go(func() { d.run(ctx, events) })
@@ -227,6 +261,13 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 		log.Info("listening", "addr", ln.Addr().String(), "port", cfg.ports[i].String())
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })
 	}
+	if t != nil {
+		<-d.inherited // the serving container is in the route
+		if err := t.accepting(); err != nil {
+			log.Warn("the predecessor did not hear that this process accepts: both accept until it stops", "err", err)
+		}
+	}
+	notifyReady(log)
 	<-ctx.Done()
 	p.drain()
 	log.Info("no new connections; open ones may finish", "open", p.reg.count(), "shutdown_timeout", cfg.shutdown)

@@ -157,7 +157,7 @@ func listenMetrics(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
 	}
-	return netutil.LimitListener(ln, metricsMaxConns), nil
+	return ln, nil
 }
 
 // serveMetrics serves /metrics, /healthz and /status on ln until ctx
@@ -195,7 +195,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, m *metrics, snap *atomic
 	srv.SetKeepAlivesEnabled(false)
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	log.Info("serving metrics", "addr", ln.Addr().String())
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(netutil.LimitListener(ln, metricsMaxConns)); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -98,6 +98,7 @@ type rule struct {
 	stops   map[string][]time.Time // recent stops by container, for crash-loop damping
 	died    map[string]time.Time   // when a serving or retiring container died, to tell its removal by others
 	startup bool                   // the initial list is being checked
+	warm    bool                   // state was inherited: the initial list also tells who stopped meanwhile
 	log     *slog.Logger
 	m       *metrics
 }
@@ -190,6 +191,8 @@ func (r *rule) step(ev any, now time.Time) []any {
 		if c := r.ctrs[ev.id]; c != nil && c.phase == phaseRetiring {
 			c.drained = true
 		}
+	case evInherit:
+		r.inherit(ev, now)
 	}
 	return append(acts, r.settle(now)...)
 }
@@ -228,11 +231,14 @@ func (r *rule) list(ev evList, now time.Time) []any {
 		}
 	}
 	if ev.initial {
-		r.startup = true
+		r.startup = !r.warm
 		if len(ev.ctrs) == 0 {
 			r.log.Warn("no container of the tag is running yet")
 		}
-		return acts
+		if !r.warm {
+			return acts
+		}
+		r.warm = false
 	}
 	for _, c := range r.sorted() {
 		if !running[c.id] && !c.stopped {

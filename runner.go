@@ -39,7 +39,11 @@ type runner struct {
 
 	seen       map[string]seenRecord // the records as the last events left them (see changes)
 	lastRouted string
-	onRoute    func(id string, ip netip.Addr) // tests: called after every change of route
+
+	inherit   []inheritedCtr                 // a predecessor's records (see handover.go): the first step
+	inherited chan struct{}                  // closed once they are in the rule, and the route set
+	snapshots chan chan []inheritedCtr       // a successor asks for the records
+	onRoute   func(id string, ip netip.Addr) // tests: called after every change of route
 
 	mu       sync.Mutex          // guards backends
 	backends map[string]*backend // by container id: those that carry or carried connections
@@ -48,14 +52,16 @@ type runner struct {
 
 func newRunner(rl *rule, route *router, ports []portMap, ready prober, retire retirer, log *slog.Logger) *runner {
 	return &runner{
-		rule:     rl,
-		route:    route,
-		ports:    ports,
-		ready:    ready,
-		retire:   retire,
-		log:      log,
-		backends: make(map[string]*backend),
-		results:  make(chan any),
+		rule:      rl,
+		route:     route,
+		ports:     ports,
+		ready:     ready,
+		retire:    retire,
+		log:       log,
+		backends:  make(map[string]*backend),
+		results:   make(chan any),
+		inherited: make(chan struct{}),
+		snapshots: make(chan chan []inheritedCtr),
 	}
 }
 
@@ -68,6 +74,10 @@ func (rn *runner) run(ctx context.Context, events <-chan any) {
 	timer.Stop()
 	defer timer.Stop()
 	rn.publish(time.Now())
+	if rn.inherit != nil {
+		rn.apply(ctx, &wg, timer, evInherit{rn.inherit})
+	}
+	close(rn.inherited)
 	for {
 		var ev any
 		select {
@@ -78,21 +88,40 @@ func (rn *runner) run(ctx context.Context, events <-chan any) {
 			}
 		case <-timer.C:
 			ev = evTick{}
+		case ch := <-rn.snapshots:
+			ch <- rn.rule.handOver()
+			continue
 		case <-ctx.Done():
 			return
 		}
-		for _, a := range rn.rule.step(ev, time.Now()) {
-			if w, ok := a.(actWake); ok {
-				timer.Stop()
-				if !w.at.IsZero() {
-					timer.Reset(time.Until(w.at))
-				}
-				continue
-			}
-			rn.do(ctx, &wg, a)
-		}
-		rn.publish(time.Now())
+		rn.apply(ctx, &wg, timer, ev)
 	}
+}
+
+// apply steps the rule with ev and carries out what it asks.
+func (rn *runner) apply(ctx context.Context, wg *sync.WaitGroup, timer *time.Timer, ev any) {
+	for _, a := range rn.rule.step(ev, time.Now()) {
+		if w, ok := a.(actWake); ok {
+			timer.Stop()
+			if !w.at.IsZero() {
+				timer.Reset(time.Until(w.at))
+			}
+			continue
+		}
+		rn.do(ctx, wg, a)
+	}
+	rn.publish(time.Now())
+}
+
+// handOver returns the rule's records, for a successor.
+func (rn *runner) handOver(ctx context.Context) ([]inheritedCtr, error) {
+	ch := make(chan []inheritedCtr, 1)
+	select {
+	case rn.snapshots <- ch:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("the deploy rule's records: %w", ctx.Err())
+	}
+	return <-ch, nil
 }
 
 func (rn *runner) idle(id string) bool {
