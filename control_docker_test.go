@@ -25,6 +25,7 @@ type ctlProxy struct {
 	*procProxy
 	addr    string // 127.0.0.1:port of its one data port
 	control string
+	args    []string
 }
 
 // startCtlProxy runs the proxy binary for tag on one free port with its
@@ -36,12 +37,22 @@ func startCtlProxy(t testing.TB, tag string, args ...string) ctlProxy {
 	sock := filepath.Join(t.TempDir(), "ctl.sock")
 	args = append([]string{"-address", "127.0.0.1", "-ports", strconv.Itoa(port) + "=80", "-tag", tag,
 		"-status_url", ":80/status", "-control", sock}, args...)
-	p := ctlProxy{procProxy: startBinary(t, "", args...), addr: "127.0.0.1:" + strconv.Itoa(port), control: sock}
+	p := ctlProxy{procProxy: startBinary(t, "", args...), addr: "127.0.0.1:" + strconv.Itoa(port), control: sock, args: args}
 	eventually(t, 10*time.Second, "the control socket answers", func() bool {
 		_, err := newCtlClient(sock).status(context.Background())
 		return err == nil
 	})
 	return p
+}
+
+// successor starts another proxy binary with p's flags: it takes over
+// from p. It returns once the new one says so.
+func (p ctlProxy) successor(t testing.TB) ctlProxy {
+	t.Helper()
+	n := p
+	n.procProxy = startBinary(t, "", p.args...)
+	n.logs.waitLog(t, 20*time.Second, "took over from the running proxy")
+	return n
 }
 
 // status reads the proxy's status document.
