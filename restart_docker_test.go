@@ -5,13 +5,19 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -152,4 +158,239 @@ func TestDockerRestartsUnderLoad(t *testing.T) {
 	if !strings.Contains(p.logs.String(), "took over from the running proxy") {
 		t.Error("the last process did not take over")
 	}
+}
+
+// draining returns the status entry of a container in its grace period.
+func draining(s *status, id string) *ctrStatus {
+	for i := range s.Draining {
+		if s.Draining[i].ID == id {
+			return &s.Draining[i]
+		}
+	}
+	return nil
+}
+
+func pending(s *status, id string) *ctrStatus {
+	for i := range s.Pending {
+		if s.Pending[i].ID == id {
+			return &s.Pending[i]
+		}
+	}
+	return nil
+}
+
+// TestDockerRestartMidDeploy: a restart inside the old container's grace
+// period: the new process keeps its deadline (a cold start would remove it
+// at once), removes it then, and the serving container never changes.
+func TestDockerRestartMidDeploy(t *testing.T) {
+	tag := newTag(t, "v1")
+	old := startCtr(t, tag)
+	p := startCtlProxy(t, tag, "-grace_period", "8s")
+	waitServed(t, p.addr, old, 10*time.Second)
+	nu := startCtr(t, tag)
+	var before *ctrStatus
+	eventually(t, 10*time.Second, "the old container draining", func() bool {
+		before = draining(p.status(t), old.id)
+		return before != nil
+	})
+
+	n := p.successor(t)
+	s := n.status(t)
+	after := draining(s, old.id)
+	switch {
+	case s.Serving == nil || s.Serving.ID != nu.id:
+		t.Fatalf("after the restart the new process serves %+v; want %s", s.Serving, nu.short())
+	case after == nil:
+		t.Fatalf("after the restart %s is not draining: %+v", old.short(), s)
+	case !after.Deadline.Equal(*before.Deadline):
+		t.Errorf("the grace period ends at %v under the new process; want %v, as before", after.Deadline, before.Deadline)
+	}
+	if !ctrExists(t, old.id) {
+		t.Fatalf("%s was removed at the restart; want it kept until %v", old.short(), before.Deadline)
+	}
+	eventually(t, 30*time.Second, "the old container removed at the end of its grace period", func() bool { return !ctrExists(t, old.id) })
+	line := n.logs.waitLog(t, time.Second, "removed", "container", old.short())
+	if at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(line["time"])); at.Before(*before.Deadline) {
+		t.Errorf("removed at %v, before the end of its grace period %v", at, before.Deadline)
+	}
+	if got := whoAnswers(t, n.addr); got != nu.host {
+		t.Errorf("%s answers; want %s", got, nu.host)
+	}
+}
+
+// TestDockerRestartMidCheck: a restart while a new container's readiness
+// is checked: the new process keeps its deadline, finishes the check and
+// swaps.
+func TestDockerRestartMidCheck(t *testing.T) {
+	tag := newTag(t, "v1")
+	old := startCtr(t, tag)
+	p := startCtlProxy(t, tag, "-grace_period", "1s", "-status_timeout", "30s")
+	waitServed(t, p.addr, old, 10*time.Second)
+	nu := startCtr(t, tag, "-ready_after", "4s")
+	var before *ctrStatus
+	eventually(t, 10*time.Second, "the new container checked", func() bool {
+		before = pending(p.status(t), nu.id)
+		return before != nil
+	})
+	n := p.successor(t)
+	if after := pending(n.status(t), nu.id); after != nil && !after.Deadline.Equal(*before.Deadline) {
+		t.Errorf("the check's deadline is %v under the new process; want %v", after.Deadline, before.Deadline)
+	}
+	waitServed(t, n.addr, nu, 20*time.Second)
+	eventually(t, 20*time.Second, "the old container removed", func() bool { return !ctrExists(t, old.id) })
+}
+
+// TestRestartFallsBack: a new process whose predecessor cannot hand over
+// starts as today, saying why in one line: one that does not answer, and
+// an older version that does not speak the protocol.
+func TestRestartFallsBack(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		serve func(ln net.Listener)
+		want  string
+	}{
+		{"silent", func(ln net.Listener) {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close() // held open, never answered
+			}
+		}, "the predecessor does not answer"},
+		{"older", func(ln net.Listener) {
+			_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set(controlHeader, "1")
+				http.NotFound(w, r)
+			}))
+		}, "the predecessor does not speak docker-proxy-handover/1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "ctl.sock")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go tc.serve(ln)
+			port := freePort(t)
+			cfg := config{address: "127.0.0.1", ports: []portMap{{uint16(port), 80}}}
+			tk, err := takeOver(sock, cfg)
+			if tk != nil || err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("takeOver: %v, %v; want no takeover and %q", tk, err, tc.want)
+			}
+		})
+	}
+	// No predecessor at all: a cold start, said nowhere.
+	if _, err := takeOver(filepath.Join(t.TempDir(), "none.sock"), config{}); !errors.Is(err, errNoPredecessor) {
+		t.Errorf("takeOver with no socket: %v; want errNoPredecessor", err)
+	}
+}
+
+// TestDockerReloadInPlace: SIGUSR2, which systemctl reload sends (see
+// examples/systemd): the process starts a new one of its binary, which
+// takes over and tells systemd it is the main process now; the old one
+// exits 0; no connection fails meanwhile. systemd is played by a
+// NOTIFY_SOCKET of the test's.
+func TestDockerReloadInPlace(t *testing.T) {
+	tag := newTag(t, "v1")
+	c := startCtr(t, tag)
+	dir := t.TempDir()
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	notes := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				return
+			}
+			notes <- string(buf[:n])
+		}
+	}()
+	mainPID := func() int {
+		t.Helper()
+		select {
+		case s := <-notes:
+			pid := 0
+			for _, l := range strings.Split(s, "\n") {
+				if v, ok := strings.CutPrefix(l, "MAINPID="); ok {
+					pid, _ = strconv.Atoi(v)
+				}
+			}
+			if !strings.Contains(s, "READY=1") || pid == 0 {
+				t.Fatalf("notified %q; want READY=1 and MAINPID", s)
+			}
+			return pid
+		case <-time.After(30 * time.Second):
+			t.Fatal("no notification")
+		}
+		return 0
+	}
+
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	logFile, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	// Stderr is a file, not a pipe, so the old process's exit is not held
+	// up by the new one, which inherits it.
+	cmd := exec.Command(proxyBinary(t), "-log_format", "json", "-address", "127.0.0.1", "-ports", strconv.Itoa(port)+"=80",
+		"-tag", tag, "-status_url", ":80/status", "-control", filepath.Join(dir, "ctl.sock"))
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.LocalAddr().String())
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var pids []int
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for _, pid := range pids {
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+		if t.Failed() {
+			data, _ := os.ReadFile(logFile.Name())
+			t.Logf("proxy log:\n%s", data)
+		}
+	})
+	if pid := mainPID(); pid != cmd.Process.Pid {
+		t.Fatalf("MAINPID %d; want the process's own %d", pid, cmd.Process.Pid)
+	}
+	waitServed(t, addr, c, 10*time.Second)
+
+	l := startRestartLoad(t, addr, 16, 2)
+	eventually(t, 10*time.Second, "load flowing", func() bool { return l.ok.Load() > 50 })
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	next := mainPID()
+	pids = append(pids, next)
+	if next == cmd.Process.Pid {
+		t.Fatalf("after SIGUSR2 MAINPID is still %d; want the new process's", next)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the old process exited: %v; want status 0", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process did not exit after the hand-over")
+	}
+	before := l.ok.Load()
+	eventually(t, 10*time.Second, "requests through the new process", func() bool { return l.ok.Load() > before+50 })
+	l.stop()
+	if l.failed.Load() > 0 {
+		t.Errorf("%d requests or streams failed across the restart; first errors: %v", l.failed.Load(), l.errs)
+	}
+	t.Logf("%d requests, %d streams, 0 failed; main process %d -> %d", l.ok.Load(), l.streams.Load(), cmd.Process.Pid, next)
 }
