@@ -93,6 +93,15 @@ func TestSystemdUnit(t *testing.T) {
 	if got := one("Service", "EnvironmentFile"); got != "/etc/docker-proxy/%i.env" {
 		t.Errorf("EnvironmentFile %q; want /etc/docker-proxy/%%i.env", got)
 	}
+	if got := one("Service", "Type"); got != "notify" {
+		t.Errorf("Type %q; want notify: a process that takes over tells systemd it is the main one", got)
+	}
+	if got := one("Service", "NotifyAccess"); got != "all" {
+		t.Errorf("NotifyAccess %q; want all: the new process is not the one systemd started", got)
+	}
+	if got := one("Service", "ExecReload"); got != "/bin/kill -USR2 $MAINPID" {
+		t.Errorf("ExecReload %q; want /bin/kill -USR2 $MAINPID (a restart in place, see TestDockerReloadInPlace)", got)
+	}
 	if got := one("Service", "Restart"); got != "always" {
 		t.Errorf("Restart %q; want always", got)
 	}
