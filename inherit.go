@@ -32,6 +32,7 @@ type inheritedCtr struct {
 
 	Phase     string    `json:"phase"`
 	Routed    bool      `json:"routed,omitempty"` // new connections went to it
+	Served    bool      `json:"served,omitempty"` // it carried connections: it gets a grace period
 	Ready     bool      `json:"ready,omitempty"`
 	EverReady bool      `json:"ever_ready,omitempty"`
 	Tried     bool      `json:"tried,omitempty"`
@@ -52,7 +53,7 @@ func (r *rule) handOver() []inheritedCtr {
 			ID: c.id, Name: c.name, Image: c.image, Created: c.created, Started: c.started, IP: c.ip,
 			Healthcheck: c.healthcheck, Healthy: c.healthy, Paused: c.paused, Age: c.age,
 			Phase: c.phase.String(), Routed: c.id == r.routed, Ready: c.ready, EverReady: c.everReady,
-			Tried: c.tried, Flapping: c.flapping, Stopped: c.stopped,
+			Served: c.served, Tried: c.tried, Flapping: c.flapping, Stopped: c.stopped,
 			Seen: c.seen, Deadline: c.deadline, HoldUntil: c.holdUntil, Why: c.why,
 		}
 		if c.lastErr != nil {
@@ -79,7 +80,7 @@ func (r *rule) inherit(ev evInherit, now time.Time) {
 				id: in.ID, name: in.Name, image: in.Image, created: in.Created, started: in.Started, ip: in.IP,
 				healthcheck: in.Healthcheck, healthy: in.Healthy, paused: in.Paused, age: in.Age,
 			},
-			phase: ph, ready: in.Ready, everReady: in.EverReady, tried: in.Tried, flapping: in.Flapping,
+			phase: ph, ready: in.Ready, everReady: in.EverReady, served: in.Served, tried: in.Tried, flapping: in.Flapping,
 			stopped: in.Stopped, seen: in.Seen, deadline: in.Deadline, holdUntil: in.HoldUntil, why: in.Why,
 		}
 		if in.LastError != "" {

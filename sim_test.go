@@ -51,6 +51,7 @@ var (
 // a change of step is kept as a scripted test in outage_test.go instead.
 var simRegressions = []uint64{
 	1796163249711726856, // TestOutageHealthyWhilePaused
+	59,                  // a paused container that served, handed over without "served": removed at once, not after its grace
 }
 
 const simTag = "app:latest"
@@ -95,6 +96,18 @@ type simRun struct {
 	m      *metrics
 	replay string // how to run this history again
 
+	// The proxy's watcher and runner, and what they are made of: a
+	// restart (see restartProxy) makes new ones that inherit the rule's
+	// records, as a hand-over does.
+	api      dockerAPI
+	pr       prober
+	log      *slog.Logger
+	ports    []portMap
+	rn       *runner
+	stop     context.CancelFunc
+	proxyWG  sync.WaitGroup
+	restarts *rand.Rand // nil: the proxy is never restarted
+
 	mu      sync.Mutex
 	served  map[string]bool      // containers that served in their current run
 	leftAt  map[string]time.Time // when each stopped serving
@@ -113,6 +126,7 @@ func simulate(t *testing.T, seed uint64, steps int) {
 		skew := []time.Duration{0, -5 * time.Second, 5 * time.Second, time.Duration(rng.Int64N(int64(time.Minute))) - 30*time.Second}[rng.IntN(4)]
 		cfg := ruleConfig{statusTimeout: 3 * time.Second, grace: 2 * time.Second, drain: rng.IntN(5) == 0, probes: rng.IntN(3) > 0}
 		s := startSim(t, rng, skew, cfg)
+		s.restarts = rand.New(rand.NewPCG(seed, 0x7e57a7))
 		s.note("seed %d: clock skew %v, -drain %v, HEALTHCHECKs decide %v", seed, skew, cfg.drain, !cfg.probes)
 		s.replay = fmt.Sprintf("go test -run 'TestSimulate' -simulate.seed=%d .", seed)
 		s.run(steps)
@@ -123,6 +137,10 @@ func simulate(t *testing.T, seed uint64, steps int) {
 // each, then lets the history go quiet and checks what must follow.
 func (s *simRun) run(steps int) {
 	for i := 0; i < steps && !s.t.Failed(); i++ {
+		if s.restarts != nil && s.restarts.IntN(25) == 0 {
+			s.note("the proxy restarts, handing its state over")
+			s.restartProxy()
+		}
 		s.step()
 		time.Sleep(time.Duration(s.rng.Int64N(int64(1500 * time.Millisecond))))
 		s.healthChecks()
@@ -153,19 +171,10 @@ func startSimWith(t *testing.T, rng *rand.Rand, d *simDocker, api dockerAPI, pr 
 	log := slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ports := []portMap{{80, 80}}
 	s.m = newMetrics(ports)
-	sel, _ := newSelector(simTag, nil)
-	evs := make(chan any)
-	rn := newRunner(newRule(cfg, log, s.m), s.route, ports, pr, dockerRetirer{docker: api, mode: retireRemove}, log)
-	rn.onRoute = s.onRoute
-	rn.owner = addressOf(api, "")
-	w := &watcher{docker: api, sel: sel, log: log, out: evs, m: s.m}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = w.run(ctx) })
-	wg.Go(func() { rn.run(ctx, evs) })
+	s.api, s.pr, s.log, s.ports = api, pr, log, ports
+	s.startProxy(nil)
 	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
+		s.stopProxy()
 		if t.Failed() {
 			t.Logf("history (replay: %s):\n%s", s.replay, strings.Join(s.history, "\n"))
 			lines := strings.Split(s.logs.String(), "\n")
@@ -174,6 +183,37 @@ func startSimWith(t *testing.T, rng *rand.Rand, d *simDocker, api dockerAPI, pr 
 	})
 	synctest.Wait()
 	return s
+}
+
+// startProxy starts a watcher and a runner, with a predecessor's records
+// or none.
+func (s *simRun) startProxy(inherit []inheritedCtr) {
+	sel, _ := newSelector(simTag, nil)
+	evs := make(chan any)
+	rn := newRunner(newRule(s.cfg, s.log, s.m), s.route, s.ports, s.pr, dockerRetirer{docker: s.api, mode: retireRemove}, s.log)
+	rn.onRoute = s.onRoute
+	rn.owner = addressOf(s.api, "")
+	rn.inherit = inherit
+	w := &watcher{docker: s.api, sel: sel, log: s.log, out: evs, m: s.m}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.rn, s.stop = rn, cancel
+	s.proxyWG.Go(func() { _ = w.run(ctx) })
+	s.proxyWG.Go(func() { rn.run(ctx, evs) })
+}
+
+func (s *simRun) stopProxy() {
+	s.stop()
+	s.proxyWG.Wait()
+}
+
+// restartProxy stops the proxy and starts its successor with the rule's
+// records, as a hand-over does (the old process stops its rule before the
+// new one starts its own, which a real hand-over overlaps by a moment).
+func (s *simRun) restartProxy() {
+	s.stopProxy()
+	records := s.rn.rule.handOver()
+	s.startProxy(records)
+	synctest.Wait()
 }
 
 // healthChecks runs the fake daemon's HEALTHCHECKs, then lets the proxy
