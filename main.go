@@ -140,6 +140,9 @@ func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logge
 		ln, err := listenTCP(network, addr)
 		if err != nil {
 			handed.close()
+			if errors.Is(err, syscall.EADDRINUSE) && t == nil {
+				return fmt.Errorf("listen on %s: %w (a docker-proxy without a control socket, or an older one, holds it? stop it first)", addr, err)
+			}
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
