@@ -127,7 +127,8 @@ func (l *restartLoad) stop() {
 func TestDockerRestartsUnderLoad(t *testing.T) {
 	tag := newTag(t, "v1")
 	c := startCtr(t, tag)
-	p := startCtlProxy(t, tag, "-shutdown_timeout", "10s")
+	metrics := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	p := startCtlProxy(t, tag, "-shutdown_timeout", "10s", "-metrics_address", metrics)
 	waitServed(t, p.addr, c, 10*time.Second)
 
 	l := startRestartLoad(t, p.addr, 16, 4)
@@ -147,6 +148,9 @@ func TestDockerRestartsUnderLoad(t *testing.T) {
 		eventually(t, 10*time.Second, "requests through the new process", func() bool { return l.ok.Load() > before+50 })
 		if s := n.status(t); s.Serving == nil || s.Serving.ID != c.id {
 			t.Fatalf("restart %d: the new process serves %+v; want %s", i+1, s.Serving, c.short())
+		}
+		if code, body, err := metricsGet(metrics, "/metrics"); err != nil || code != http.StatusOK || !strings.Contains(string(body), "docker_proxy_serving 1") {
+			t.Fatalf("restart %d: /metrics on the handed-over listener: %d, %v", i+1, code, err)
 		}
 		p = n
 	}
