@@ -52,6 +52,7 @@ var (
 var simRegressions = []uint64{
 	1796163249711726856, // TestOutageHealthyWhilePaused
 	59,                  // a paused container that served, handed over without "served": removed at once, not after its grace
+	1796173066806567107, // a successor's first route, to the container the predecessor routed, taken for a new one serving
 }
 
 const simTag = "app:latest"
@@ -108,12 +109,13 @@ type simRun struct {
 	proxyWG  sync.WaitGroup
 	restarts *rand.Rand // nil: the proxy is never restarted
 
-	mu      sync.Mutex
-	served  map[string]bool      // containers that served in their current run
-	leftAt  map[string]time.Time // when each stopped serving
-	routed  string
-	history []string
-	checked int // removals checked so far
+	mu       sync.Mutex
+	served   map[string]bool      // containers that served in their current run
+	leftAt   map[string]time.Time // when each stopped serving
+	routed   string
+	routedIP netip.Addr
+	history  []string
+	checked  int // removals checked so far
 }
 
 func (s *simRun) note(format string, args ...any) {
@@ -235,6 +237,9 @@ func (s *simRun) onRoute(id string, ip netip.Addr) {
 	s.d.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if id == s.routed && ip == s.routedIP {
+		return // a successor's first route (see restartProxy): clients reach whom they reached
+	}
 	if s.routed != "" && s.routed != id {
 		s.leftAt[s.routed] = time.Now()
 	}
@@ -242,7 +247,7 @@ func (s *simRun) onRoute(id string, ip netip.Addr) {
 		s.served[id] = true
 		delete(s.leftAt, id)
 	}
-	s.routed = id
+	s.routed, s.routedIP = id, ip
 }
 
 // pick returns a random container for which ok holds, or nil.
