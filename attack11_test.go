@@ -1,8 +1,17 @@
 package main
 
 import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
 )
 
 // TestAttackWaiterProxyRestartedMidDeploy: the proxy restarts while the
@@ -20,5 +29,72 @@ func TestAttackWaiterProxyRestartedMidDeploy(t *testing.T) {
 	s := &status{Pending: []ctrStatus{me, old}, Events: "connected"}
 	if done, err := w.status(s); done || err != nil {
 		t.Fatalf("after a restart, both checked again, the old one still there: done %v, err %v; want not done yet", done, err)
+	}
+}
+
+// inspectRecorder is a Docker API that records the refs inspected and
+// knows no container.
+type inspectRecorder struct {
+	dockerAPI
+	mu   sync.Mutex
+	refs []string
+}
+
+func (d *inspectRecorder) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.refs = append(d.refs, id)
+	return container.InspectResponse{}, cerrdefs.ErrNotFound
+}
+
+// serveTestControl serves the control API for d on a socket in a temporary
+// folder, until the test ends.
+func serveTestControl(t *testing.T, d dockerAPI) *ctlClient {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "c.sock")
+	ln, err := listenControl(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel, err := newSelector("app:latest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rn := newRunner(newRule(ruleConfig{statusTimeout: time.Second}, slog.New(slog.DiscardHandler), newMetrics(nil)), newRouter(), nil, nil, nil, slog.New(slog.DiscardHandler))
+	ctl := &control{rn: rn, connected: new(atomic.Bool), docker: d, sel: sel, log: slog.New(slog.DiscardHandler)}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ctl.serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return newCtlClient(path)
+}
+
+// TestAttackContainerRefTraversal: a ref is one container's id or name.
+// One with a slash or a dot segment must not reach Docker, whose client
+// joins it into the API path (../images/x inspects an image, . lists
+// containers), and must be "no such container" (exit 2).
+func TestAttackContainerRefTraversal(t *testing.T) {
+	d := &inspectRecorder{}
+	c := serveTestControl(t, d)
+	for _, ref := range []string{"../images/app:latest", "..", ".", "a/../../_ping", "x/y"} {
+		_, err := c.container(context.Background(), ref)
+		if exitCode(err) != exitUsage {
+			t.Errorf("%q: %v (exit %d); want exit %d", ref, err, exitCode(err), exitUsage)
+		}
+	}
+	for _, ref := range []string{"abc123", "my-app.1_x"} {
+		if _, err := c.container(context.Background(), ref); exitCode(err) != exitUsage || !strings.Contains(err.Error(), "no such container") {
+			t.Errorf("%q: %v; want no such container", ref, err)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.refs {
+		if strings.Contains(r, "/") || strings.Trim(r, ".") == "" {
+			t.Errorf("Docker was asked to inspect %q", r)
+		}
+	}
+	if len(d.refs) != 2 {
+		t.Errorf("inspected %q; want the 2 valid refs", d.refs)
 	}
 }
