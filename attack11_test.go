@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -96,5 +97,43 @@ func TestAttackContainerRefTraversal(t *testing.T) {
 	}
 	if len(d.refs) != 2 {
 		t.Errorf("inspected %q; want the 2 valid refs", d.refs)
+	}
+}
+
+// TestAttackWaitTimeoutBoundsAHungProxy: a proxy that accepts but never
+// answers (stopped with SIGSTOP, or wedged): wait -timeout 1s must end in
+// about a second with "could not tell", not after its own 30s bounds.
+func TestAttackWaitTimeoutBoundsAHungProxy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hung.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	start := time.Now()
+	var out, errOut strings.Builder
+	code := waitMain([]string{"-control", path, "-timeout", "1s", "abc"}, &out, &errOut)
+	if took := time.Since(start); code != exitUnknown || took > 5*time.Second {
+		t.Errorf("wait -timeout 1s on a hung proxy: exit %d after %s (%s); want exit %d within a few seconds", code, took.Round(time.Millisecond), strings.TrimSpace(errOut.String()), exitUnknown)
 	}
 }
