@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -135,5 +138,60 @@ func TestAttackWaitTimeoutBoundsAHungProxy(t *testing.T) {
 	code := waitMain([]string{"-control", path, "-timeout", "1s", "abc"}, &out, &errOut)
 	if took := time.Since(start); code != exitUnknown || took > 5*time.Second {
 		t.Errorf("wait -timeout 1s on a hung proxy: exit %d after %s (%s); want exit %d within a few seconds", code, took.Round(time.Millisecond), strings.TrimSpace(errOut.String()), exitUnknown)
+	}
+}
+
+// TestAttackWaitReconnectThroughARestart: the proxy restarts while wait
+// waits. A connection the dying proxy accepted and then dropped (EOF, a
+// reset) is not "not a docker-proxy" (exit 2): wait tries again until the
+// new proxy answers.
+func TestAttackWaitReconnectThroughARestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t0 := time.Now().Add(-time.Minute)
+	me := ctrStatus{ID: "me", Container: "me", Created: t0}
+	line := func(s status) string {
+		s.API, s.Selector, s.Events, s.Settings = controlAPI, "app:latest", "connected", settings{StatusTimeout: "10s", GracePeriod: "10s"}
+		b, _ := json.Marshal(controlLine{Status: &s})
+		return string(b) + "\n"
+	}
+	var mu sync.Mutex
+	streams := 0
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/containers/{ref}", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(controlContainer{ID: "me", Name: "me", Created: t0, State: "running", Selected: true})
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		streams++
+		n := streams
+		mu.Unlock()
+		switch n {
+		case 1: // the first proxy: checking, then it dies
+			_, _ = io.WriteString(w, line(status{Pending: []ctrStatus{me}}))
+		case 2, 3: // dying: accepted, then dropped
+			hj, _ := w.(http.Hijacker)
+			if c, _, err := hj.Hijack(); err == nil {
+				_ = c.Close()
+			}
+		default: // the new proxy: it serves
+			_, _ = io.WriteString(w, line(status{Serving: &me}))
+			_ = http.NewResponseController(w).Flush()
+			<-r.Context().Done()
+		}
+	})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(controlHeader, "1")
+		mux.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	var out, errOut strings.Builder
+	if code := waitMain([]string{"-control", path, "-timeout", "20s", "me"}, &out, &errOut); code != exitOK {
+		t.Errorf("exit %d: %s; want 0 once the restarted proxy answers", code, strings.TrimSpace(errOut.String()))
 	}
 }

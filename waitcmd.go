@@ -166,14 +166,17 @@ func (o waitOptions) wait(ctx context.Context, c *ctlClient, ref string, stdout,
 // errTimedOut ends a wait's context when -timeout runs out.
 var errTimedOut = errors.New("-timeout ran out")
 
-// reconnect opens the event stream again, trying until deadline.
+// reconnect opens the event stream again, trying until deadline. Any
+// error is tried again: the socket answered as a docker-proxy before, so
+// a connection dropped without an answer (EOF, a reset: "not a
+// docker-proxy") is most likely a proxy that is restarting.
 func reconnect(ctx context.Context, c *ctlClient, deadline time.Time) (<-chan controlLine, error) {
 	for {
 		lines, err := c.events(ctx)
 		if err == nil {
 			return lines, nil
 		}
-		if exitCode(err) == exitUsage || time.Now().After(deadline) {
+		if time.Now().After(deadline) {
 			return nil, err
 		}
 		select {
