@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -193,5 +194,39 @@ func TestAttackWaitReconnectThroughARestart(t *testing.T) {
 	var out, errOut strings.Builder
 	if code := waitMain([]string{"-control", path, "-timeout", "20s", "me"}, &out, &errOut); code != exitOK {
 		t.Errorf("exit %d: %s; want 0 once the restarted proxy answers", code, strings.TrimSpace(errOut.String()))
+	}
+}
+
+// TestAttackIdleClientsLockOutTheControlAPI: clients that keep their
+// connection open after an answer (an HTTP client's keep-alive pool) take
+// one of the controlMaxConns slots each. They must not lock wait and
+// status out for good: an idle connection is closed after a while.
+func TestAttackIdleClientsLockOutTheControlAPI(t *testing.T) {
+	c := serveTestControl(t, &inspectRecorder{})
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range controlMaxConns {
+		conn, err := net.Dial("unix", c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+		if _, err := io.WriteString(conn, "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close() // and the connection stays open, idle
+	}
+	var out, errOut strings.Builder
+	if code := statusMain([]string{"-control", c.path, "-json"}, &out, &errOut); code != exitOK {
+		t.Errorf("status with %d idle clients: exit %d: %s", controlMaxConns, code, strings.TrimSpace(errOut.String()))
 	}
 }

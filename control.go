@@ -141,6 +141,7 @@ func (c *control) serve(ctx context.Context, ln net.Listener) error {
 			mux.ServeHTTP(w, r)
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       5 * time.Second, // a kept-alive client holds one of controlMaxConns
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
 	}
