@@ -130,7 +130,7 @@ func (o waitOptions) wait(ctx context.Context, c *ctlClient, ref string, stdout,
 			}
 			if w.last == nil {
 				if !target.Selected {
-					return failf(exitUsage, "%s is not a container this proxy serves: its image %s is not of %s", target.describe(), target.Image, l.Status.Selector)
+					return failf(exitUsage, "%s is not a container this proxy serves: its image %s and labels do not match %s", target.describe(), target.Image, l.Status.Selector)
 				}
 				deadline = start.Add(o.timeout)
 				if o.timeout == 0 {
