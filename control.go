@@ -188,6 +188,7 @@ func (c *control) serve(ctx context.Context, ln *net.UnixListener) error {
 			mux.ServeHTTP(w, r)
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       5 * time.Second, // a kept-alive client holds one of controlMaxConns
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
 	}
@@ -257,6 +258,12 @@ func (c *control) events(w http.ResponseWriter, r *http.Request) {
 
 func (c *control) container(w http.ResponseWriter, r *http.Request) {
 	ref := r.PathValue("ref")
+	if !validRef(ref) {
+		// Docker's client joins a ref into the API path: ../images/x
+		// would inspect an image, . list the containers.
+		http.Error(w, fmt.Sprintf("no such container: %s", ref), http.StatusNotFound)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), dockerTimeout)
 	defer cancel()
 	info, err := c.docker.ContainerInspect(ctx, ref)
@@ -281,4 +288,23 @@ func (c *control) container(w http.ResponseWriter, r *http.Request) {
 		State:    info.State.Status,
 		Selected: c.sel.match(info.Config.Image, info.Config.Labels),
 	})
+}
+
+// validRef tells whether ref can be a container's id or name (Docker's
+// [a-zA-Z0-9][a-zA-Z0-9_.-]*, after an optional leading slash).
+func validRef(ref string) bool {
+	ref = strings.TrimPrefix(ref, "/")
+	if ref == "" || !isAlnum(ref[0]) {
+		return false
+	}
+	for i := 1; i < len(ref); i++ {
+		if c := ref[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }

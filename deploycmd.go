@@ -118,6 +118,12 @@ func (d deployer) run(ctx context.Context, stdout, stderr io.Writer) error {
 		p.note(skip)
 	}
 	err = d.wait.wait(ctx, d.ctl, id, stdout, stderr)
+	if exitCode(err) == exitUsage {
+		// About the container just started: one the proxy does not
+		// select (a label of the old image the new one lacks) never
+		// serves, so the deploy failed.
+		err = &cmdError{exitFailed, err}
+	}
 	if exitCode(err) == exitFailed && !d.keep {
 		// The proxy leaves a container that failed alone; the one
 		// deploy started for nothing goes, so the next deploy starts

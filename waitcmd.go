@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -59,11 +60,34 @@ const (
 // wait waits for the deploy of ref.
 func (o waitOptions) wait(ctx context.Context, c *ctlClient, ref string, stdout, stderr io.Writer) error {
 	start := time.Now()
+	if o.timeout > 0 {
+		// -timeout bounds everything, also a proxy that accepts and
+		// never answers.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, o.timeout, errTimedOut)
+		defer cancel()
+	}
+	stopped := func(now time.Time, w *waiter) error {
+		what := "interrupted"
+		if errors.Is(context.Cause(ctx), errTimedOut) {
+			what = "timed out"
+		}
+		if w == nil {
+			return failf(exitUnknown, "%s after %s", what, since(start))
+		}
+		return failf(exitUnknown, "%s after %s: %s", what, since(start), w.progress(now).text)
+	}
 	target, err := c.container(ctx, ref)
+	if ctx.Err() != nil {
+		return stopped(time.Now(), nil)
+	}
 	if err != nil {
 		return err
 	}
 	lines, err := c.events(ctx)
+	if ctx.Err() != nil {
+		return stopped(time.Now(), nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -80,10 +104,17 @@ func (o waitOptions) wait(ctx context.Context, c *ctlClient, ref string, stdout,
 	for {
 		select {
 		case l, ok := <-lines:
+			if !ok && ctx.Err() != nil {
+				lines = nil // ended by ctx: told below
+				continue
+			}
 			if !ok {
 				p.note("lost the proxy's event stream: reconnecting")
 				w.reconnected()
 				if lines, err = reconnect(ctx, c, earliest(deadline, time.Now().Add(waitConnect))); err != nil {
+					if ctx.Err() != nil {
+						return stopped(time.Now(), w)
+					}
 					return err
 				}
 				continue
@@ -99,7 +130,7 @@ func (o waitOptions) wait(ctx context.Context, c *ctlClient, ref string, stdout,
 			}
 			if w.last == nil {
 				if !target.Selected {
-					return failf(exitUsage, "%s is not a container this proxy serves: its image %s is not of %s", target.describe(), target.Image, l.Status.Selector)
+					return failf(exitUsage, "%s is not a container this proxy serves: its image %s and labels do not match %s", target.describe(), target.Image, l.Status.Selector)
 				}
 				deadline = start.Add(o.timeout)
 				if o.timeout == 0 {
@@ -127,19 +158,25 @@ func (o waitOptions) wait(ctx context.Context, c *ctlClient, ref string, stdout,
 			}
 			p.show(w.progress(now), start)
 		case <-ctx.Done():
-			return failf(exitUnknown, "interrupted after %s: %s", since(start), w.progress(time.Now()).text)
+			return stopped(time.Now(), w)
 		}
 	}
 }
 
-// reconnect opens the event stream again, trying until deadline.
+// errTimedOut ends a wait's context when -timeout runs out.
+var errTimedOut = errors.New("-timeout ran out")
+
+// reconnect opens the event stream again, trying until deadline. Any
+// error is tried again: the socket answered as a docker-proxy before, so
+// a connection dropped without an answer (EOF, a reset: "not a
+// docker-proxy") is most likely a proxy that is restarting.
 func reconnect(ctx context.Context, c *ctlClient, deadline time.Time) (<-chan controlLine, error) {
 	for {
 		lines, err := c.events(ctx)
 		if err == nil {
 			return lines, nil
 		}
-		if exitCode(err) == exitUsage || time.Now().After(deadline) {
+		if time.Now().After(deadline) {
 			return nil, err
 		}
 		select {

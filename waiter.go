@@ -107,7 +107,9 @@ func (w *waiter) status(s *status) (bool, error) {
 		}
 		return false, nil
 	}
-	return w.older(s) == nil, nil
+	// Pending again after serving: a restarted proxy checks every
+	// container anew, the old one too, and may yet roll back to it.
+	return where != "pending" && w.older(s) == nil, nil
 }
 
 // older returns an older container that still drains, if any.
@@ -138,7 +140,7 @@ func (w *waiter) progress(now time.Time) waitLine {
 	switch {
 	case where == "":
 		return waitLine{"unseen", fmt.Sprintf("waiting for the proxy to see %s start%s", who, stream)}
-	case !w.served:
+	case !w.served || where == "pending":
 		text := fmt.Sprintf("waiting for %s to become ready: checked for %s", who, now.Sub(me.Seen).Round(time.Second))
 		if me.Deadline != nil {
 			text += fmt.Sprintf(", ignored in %s", me.Deadline.Sub(now).Round(time.Second).String())
