@@ -45,6 +45,7 @@ const (
 
 	controlMaxConns = 64                             // clients at once: each wait holds one
 	controlRefresh  = 5 * time.Second                // an event stream sends the status this often
+	controlWrite    = 30 * time.Second               // a write to a client that does not read fails after this
 	maxUnixPath     = len("/run/docker-proxy/") + 80 // well inside sun_path's 108 bytes
 )
 
@@ -223,6 +224,9 @@ func (c *control) events(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
 	send := func(lines ...controlLine) bool {
+		// A client that does not read gives up its connection, rather
+		// than hold one of the few for ever.
+		_ = rc.SetWriteDeadline(time.Now().Add(controlWrite))
 		for _, l := range lines {
 			if enc.Encode(l) != nil {
 				return false

@@ -253,7 +253,8 @@ func newDeployRunner(cfg config, route *router, docker dockerAPI, m *metrics, lo
 		dockerRetirer{docker: docker, mode: cfg.retire, stopTimeout: cfg.stopTimeout}, log)
 	rn.owner = addressOf(docker, cfg.network)
 	rn.tag, rn.address, rn.version = cfg.tag, cfg.address, versionString()
-	rn.settings = settings{StatusTimeout: cfg.statusTimeout.String(), GracePeriod: cfg.grace.String(), Drain: cfg.drain, Retire: string(cfg.retire)}
+	rn.settings = settings{StatusTimeout: cfg.statusTimeout.String(), GracePeriod: cfg.grace.String(), Drain: cfg.drain,
+		Retire: string(cfg.retire), StopTimeout: cfg.stopTimeout.String()}
 	return rn
 }
 

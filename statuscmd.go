@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -12,6 +13,9 @@ import (
 
 // docker-proxy status: the proxy's state, for a person or (-json) a
 // machine. It reads the control socket only, so it needs no Docker access.
+
+// statusWait bounds status: the proxy answers from memory.
+const statusWait = 10 * time.Second
 
 func statusMain(args []string, stdout, stderr io.Writer) int {
 	var cf ctlFlags
@@ -29,9 +33,12 @@ func statusMain(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(stderr, "status", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), statusWait)
 	defer cancel()
 	s, err := newCtlClient(path).status(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = failf(exitUnknown, "no docker-proxy answered on %s within %v", path, statusWait)
+	}
 	if err != nil {
 		return report(stderr, "status", err)
 	}

@@ -33,6 +33,7 @@ type settings struct {
 	GracePeriod   string `json:"grace_period"`
 	Drain         bool   `json:"drain"`
 	Retire        string `json:"retire"`
+	StopTimeout   string `json:"stop_timeout,omitempty"` // a retirement may take this long more
 }
 
 // ctrStatus is one container in the status document.

@@ -45,7 +45,7 @@ type waitOptions struct {
 }
 
 func (o *waitOptions) flags(dur func(*time.Duration, string, time.Duration, string), boolean func(*bool, string, bool, string)) {
-	dur(&o.timeout, "timeout", 0, "how long to wait at most (default: the proxy's -status_timeout plus -grace_period, plus a minute)")
+	dur(&o.timeout, "timeout", 0, "how long to wait at most (default: the proxy's -status_timeout plus -grace_period and -stop_timeout, plus a minute)")
 	boolean(&o.json, "json", false, "print the proxy's deploy events on stdout as JSON lines")
 }
 
@@ -201,7 +201,8 @@ func since(t time.Time) time.Duration { return time.Since(t).Round(time.Second) 
 func (s settings) total() time.Duration {
 	st, _ := time.ParseDuration(s.StatusTimeout)
 	g, _ := time.ParseDuration(s.GracePeriod)
-	return st + g
+	stop, _ := time.ParseDuration(s.StopTimeout)
+	return st + g + stop
 }
 
 func (c controlContainer) describe() string {
