@@ -60,6 +60,7 @@ var envCases = []struct {
 		return reflect.DeepEqual(c.labels, []label{{"com.docker.compose.service", "web"}, {"tier", "front"}})
 	}},
 	{flag: "metrics_address", value: "127.0.0.1:9100", check: func(c config) bool { return c.metricsAddr == "127.0.0.1:9100" }},
+	{flag: "control", value: "/run/x.sock", check: func(c config) bool { return c.control == "/run/x.sock" }},
 	{flag: "proxy_protocol", value: "v2", check: func(c config) bool { return c.proxyProtocol == 2 }},
 	{flag: "version", value: "true", check: func(c config) bool { return c.version }},
 }
@@ -125,7 +126,7 @@ func TestEnvWholeConfig(t *testing.T) {
 		"shutdown_timeout": "4s", "max_conns": "9", "replay_bytes": "100", "log_format": "json",
 		"log_level": "warn", "docker_tls_ca": "ca.pem", "docker_tls_cert": "cert.pem",
 		"docker_tls_key": "key.pem", "network": "net1", "label": "a=1,b=2",
-		"metrics_address": ":9100", "proxy_protocol": "v1",
+		"metrics_address": ":9100", "proxy_protocol": "v1", "control": "/run/x.sock",
 	}
 	var cmdline []string
 	for name, value := range args {
