@@ -5,13 +5,17 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -151,5 +155,15 @@ func TestDockerRestartsUnderLoad(t *testing.T) {
 	}
 	if !strings.Contains(p.logs.String(), "took over from the running proxy") {
 		t.Error("the last process did not take over")
+	}
+	// The last one to stop removes the control socket it was handed.
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the last process did not stop on SIGTERM")
+	}
+	if _, err := os.Lstat(p.control); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the control socket %s is still there after the last proxy stopped: %v", p.control, err)
 	}
 }
