@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -161,6 +162,16 @@ func TestDockerRestartsUnderLoad(t *testing.T) {
 	}
 	if !strings.Contains(p.logs.String(), "took over from the running proxy") {
 		t.Error("the last process did not take over")
+	}
+	// The last one to stop removes the control socket it was handed.
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the last process did not stop on SIGTERM")
+	}
+	if _, err := os.Lstat(p.control); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the control socket %s is still there after the last proxy stopped: %v", p.control, err)
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 )
 
 // phaseNames are the measurements, in the order they run.
-var phaseNames = []string{"idle", "bulk", "latency", "rate", "http", "swap"}
+var phaseNames = []string{"idle", "bulk", "latency", "rate", "http", "swap", "restart"}
 
 // Ports of the backend inside its container.
 const (
@@ -39,12 +39,21 @@ type bench struct {
 	ip      string // the first container's address
 	fdLimit uint64 // RLIMIT_NOFILE after raising it; children inherit it
 	wrkOK   bool   // wrk is installed, for the http phase
+	erbOK   bool   // erb is installed, for the start script in the restart phase
 
-	mu    sync.Mutex
-	procs []*proc
+	proxyBin  string // the docker-proxy binary under test
+	imageOnce sync.Once
+	proxyTag  string // its image, for the restart phase's containers
+	imageErr  error
 
-	targets []*target
-	res     *results
+	mu        sync.Mutex
+	procs     []*proc
+	proxyCtrs []string // proxy containers by name (the start script's, which it does not label)
+	sockets   []string // control sockets they may leave in /run/docker-proxy
+
+	targets  []*target
+	res      *results
+	restarts []restartResult
 }
 
 func randomID() string {
@@ -89,6 +98,10 @@ func (b *bench) main(ctx context.Context) error {
 	if b.o.phases["http"] && !b.o.profile {
 		b.wrkOK = ensureWrk(ctx)
 	}
+	if b.o.phases["restart"] && !b.o.profile {
+		b.erbOK = ensureERB(ctx)
+	}
+	b.proxyBin = proxyBin
 
 	step("build the backend image %s FROM scratch and start one container", b.tag)
 	if err := buildImage(ctx, ctxDir, b.tag); err != nil {
@@ -171,6 +184,7 @@ func (b *bench) main(ctx context.Context) error {
 		{"rate", "connection rate and CPU per 1,000 connections", b.measureRate},
 		{"http", "HTTP requests per second through each proxy (wrk, keep-alive)", b.measureHTTP},
 		{"swap", "swap latency over deploys (docker-proxy)", b.measureSwaps},
+		{"restart", "restarts of docker-proxy under load, per way of running it", b.measureRestarts},
 	}
 	var failed error
 	for _, ph := range phases {
@@ -235,6 +249,16 @@ func (b *bench) cleanup() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	b.mu.Lock()
+	names, socks := b.proxyCtrs, b.sockets
+	b.mu.Unlock()
+	stopProxyCtrs(ctx, names...)
+	for _, s := range socks {
+		_ = os.Remove(s) // left only by a proxy that was killed
+	}
+	if b.proxyTag != "" {
+		removeImage(ctx, b.proxyTag)
+	}
 	if b.label != "" {
 		removeContainers(ctx, b.label)
 		removeImage(ctx, b.tag)

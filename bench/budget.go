@@ -36,6 +36,11 @@ func (p params) estimate(n int, phases map[string]bool) time.Duration {
 	if phases["swap"] {
 		d += time.Duration(p.swaps) * (p.swapReady + 800*time.Millisecond)
 	}
+	if phases["restart"] {
+		// Four modes: two host processes, two containers through the
+		// start script (its runs cost most: docker create, start, wait).
+		d += 4*time.Second + time.Duration(p.restarts)*4*time.Second
+	}
 	return d
 }
 
@@ -65,6 +70,7 @@ func (p params) fit(n int, phases map[string]bool, left time.Duration) params {
 	q.httpDur = max(time.Second, scale(p.httpDur))
 	q.idleConns = max(200, int(float64(p.idleConns)*f))
 	q.swaps = max(3, int(float64(p.swaps)*f))
+	q.restarts = max(1, int(float64(p.restarts)*f))
 	fmt.Printf("   the measurements would take about %.0fs, %.0fs are left before the deadline: every one is shortened to %.0f%%\n",
 		need.Seconds(), left.Seconds(), f*100)
 	return q

@@ -61,6 +61,15 @@ func ensureHAProxy(ctx context.Context) bool {
 	})
 }
 
+// ensureERB reports whether erb is on PATH (Debian's ruby), installing
+// it when it is not. Without it the restart phase has no container modes.
+func ensureERB(ctx context.Context) bool {
+	return aptEnsure(ctx, "erb", "ruby", func() bool {
+		_, err := exec.LookPath("erb")
+		return err == nil
+	})
+}
+
 // aptUpdated: this run has run apt-get update already (for HAProxy).
 var aptUpdated bool
 

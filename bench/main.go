@@ -7,7 +7,10 @@
 // starts one container of it, runs every proxy as its own process (or
 // process tree: nginx's master and workers), so that /proc gives each
 // one's CPU, memory and descriptors, measures the targets alternately, and
-// prints one table of medians.
+// prints one table of medians. Last, it restarts docker-proxy itself under
+// load in each way it runs (a host process handing over to a new one, or
+// stopped and started; a container through config/deploy/start.sh, on the
+// host network or with published ports) and prints what clients saw.
 //
 //	go run ./bench          # full run, under 5 minutes
 //	go run ./bench -quick   # shorter measurements, under a minute
@@ -51,6 +54,7 @@ type params struct {
 	idleSettle time.Duration
 	swaps      int
 	swapReady  time.Duration // time for docker run and inspect before /status turns 200
+	restarts   int           // of the proxy, per restart mode
 }
 
 var (
@@ -59,12 +63,14 @@ var (
 		bulkWarm: 200 * time.Millisecond, bulkDur: 800 * time.Millisecond,
 		rateDur: time.Second, latDur: time.Second, httpDur: 2 * time.Second,
 		idleConns: 5000, idleSettle: 500 * time.Millisecond, swaps: 20, swapReady: time.Second,
+		restarts: 5,
 	}
 	quickParams = params{
 		budget: 58 * time.Second, reps: 3,
 		bulkWarm: 30 * time.Millisecond, bulkDur: 100 * time.Millisecond,
 		rateDur: 200 * time.Millisecond, latDur: 200 * time.Millisecond, httpDur: time.Second,
 		idleConns: 1000, idleSettle: 150 * time.Millisecond, swaps: 5, swapReady: 700 * time.Millisecond,
+		restarts: 2,
 	}
 )
 

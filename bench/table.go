@@ -109,31 +109,38 @@ func (b *bench) printTable(out io.Writer) {
 			ratios = append(ratios, n)
 		}
 	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprint(tw, "figure\t")
-	for _, n := range names {
-		fmt.Fprintf(tw, "%s\t", n)
-	}
-	for _, n := range ratios {
-		fmt.Fprintf(tw, "dp/%s\t", n)
-	}
-	fmt.Fprintln(tw)
+	figures := false // a -phases restart run has none
 	for _, r := range rows {
-		if b.res.samples[r.key] == nil {
-			continue
-		}
-		fmt.Fprintf(tw, "%s\t", r.label)
-		dp := b.value(r, tDP)
+		figures = figures || b.res.samples[r.key] != nil
+	}
+	if figures {
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprint(tw, "figure\t")
 		for _, n := range names {
-			fmt.Fprintf(tw, "%s\t", format(b.value(r, n), r.prec))
+			fmt.Fprintf(tw, "%s\t", n)
 		}
 		for _, n := range ratios {
-			fmt.Fprintf(tw, "%s\t", ratio(dp, b.value(r, n), r))
+			fmt.Fprintf(tw, "dp/%s\t", n)
 		}
 		fmt.Fprintln(tw)
+		for _, r := range rows {
+			if b.res.samples[r.key] == nil {
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t", r.label)
+			dp := b.value(r, tDP)
+			for _, n := range names {
+				fmt.Fprintf(tw, "%s\t", format(b.value(r, n), r.prec))
+			}
+			for _, n := range ratios {
+				fmt.Fprintf(tw, "%s\t", ratio(dp, b.value(r, n), r))
+			}
+			fmt.Fprintln(tw)
+		}
+		_ = tw.Flush()
+		fmt.Fprintln(out)
 	}
-	_ = tw.Flush()
-	fmt.Fprintln(out)
+	b.printRestarts(out)
 	fmt.Fprintln(out, "notes: CPU is utime+stime of the proxy from /proc/PID/stat, RSS its VmRSS growth and fds its open")
 	fmt.Fprintln(out, "descriptors, each summed over the process and its children (nginx's master and workers; the other")
 	fmt.Fprintln(out, "proxies are one process); kernel memory is the growth of Slab+KernelStack+PageTables in /proc/meminfo,")
@@ -181,4 +188,25 @@ func dockerVersion() string {
 		return "?"
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// printRestarts prints the restart phase's figures, one line per way of
+// restarting docker-proxy (nothing when the phase did not run).
+func (b *bench) printRestarts(out io.Writer) {
+	if len(b.restarts) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "restarts of docker-proxy under load: %d clients, a new connection per exchange, each retried %v after a failure;\n", restartConc, restartRetry)
+	fmt.Fprintln(out, "gap: first to last failed attempt of one restart; wait: one attempt, or a client's first failure to its next answer")
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "restart mode\trestarts\tconnections\trefused\treset\tother failures\tlongest gap (ms)\tlongest wait (ms)\t")
+	for _, r := range b.restarts {
+		if r.skipped != "" {
+			fmt.Fprintf(tw, "%s\t%d\t-\t-\t-\t-\t-\t-\t\n", r.mode, r.restarts)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t\n", r.mode, r.restarts, r.attempts, r.refused, r.reset, r.other, ms(r.gap), ms(r.longest))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(out)
 }
