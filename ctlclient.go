@@ -204,7 +204,7 @@ func (f ctlFlags) findControl() (string, error) {
 		}
 		return autoControlPath(address, pm), nil
 	}
-	found, _ := filepath.Glob(filepath.Join(controlDir, "*.sock"))
+	found := liveSockets(filepath.Join(controlDir, "*.sock"))
 	switch len(found) {
 	case 0:
 		return "", failf(exitUnknown, "no docker-proxy control socket in %s: is the proxy running, with -control on? (or give -control PATH)", controlDir)
@@ -213,4 +213,18 @@ func (f ctlFlags) findControl() (string, error) {
 	}
 	return "", failf(exitUsage, "several docker-proxy control sockets in %s (%s): pick one with -control PATH, or -ports as the proxy has it",
 		controlDir, strings.Join(found, ", "))
+}
+
+// liveSockets returns the sockets matching pattern that a process listens
+// on: one left by a proxy that was killed is no candidate.
+func liveSockets(pattern string) []string {
+	all, _ := filepath.Glob(pattern)
+	var live []string
+	for _, path := range all {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			_ = c.Close()
+			live = append(live, path)
+		}
+	}
+	return live
 }

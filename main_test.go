@@ -286,7 +286,9 @@ type procProxy struct {
 // "ulimit -n 64;", through bash. It is killed when the test ends.
 func startBinary(t testing.TB, shell string, args ...string) *procProxy {
 	t.Helper()
-	args = append([]string{"-log_format", "json", "-log_level", "debug"}, args...)
+	// The control socket in the test's folder, not /run/docker-proxy,
+	// where a killed process would leave it behind (args may override).
+	args = append([]string{"-log_format", "json", "-log_level", "debug", "-control", filepath.Join(t.TempDir(), "ctl.sock")}, args...)
 	cmd := exec.Command(proxyBinary(t), args...)
 	if shell != "" {
 		cmd = exec.Command("bash", append([]string{"-c", shell + ` exec "$0" "$@"`, proxyBinary(t)}, args...)...)
