@@ -309,21 +309,36 @@ func takeOver(path string, cfg config) (*takeover, error) {
 	if len(t.state.Listeners) != len(files) {
 		return nil, fmt.Errorf("the predecessor sent %d descriptors for %d listeners", len(files), len(t.state.Listeners))
 	}
+	want := map[uint16]bool{}
+	for _, p := range cfg.ports {
+		want[p.host] = true
+	}
 	for i, s := range t.state.Listeners {
 		ln, err := net.FileListener(files[i])
 		if err != nil {
 			t.socks.close()
 			return nil, fmt.Errorf("the predecessor's %s listener: %w", s.Kind, err)
 		}
+		// Only what this process uses is kept: a listener it does not
+		// take (a port it does not have, a second of a kind) is closed
+		// here, not held unserved.
 		switch l := ln.(type) {
 		case *net.TCPListener:
-			if s.Kind == "metrics" {
+			switch {
+			case s.Kind == "metrics" && t.socks.metrics == nil:
 				t.socks.metrics, t.socks.addr = l, s.Addr
-			} else {
+			case s.Kind == "port" && want[s.Port] && t.socks.ports[s.Port] == nil:
 				t.socks.ports[s.Port] = l
+			default:
+				_ = l.Close()
 			}
 		case *net.UnixListener:
-			t.socks.control = l
+			if s.Kind == "control" && t.socks.control == nil {
+				t.socks.control = l
+			} else {
+				l.SetUnlinkOnClose(false)
+				_ = l.Close()
+			}
 		default:
 			_ = ln.Close()
 		}
