@@ -196,6 +196,14 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 		fds[i] = int(f.Fd())
 	}
 	deadline()
+	// Once the successor may hold the control socket, the path is its
+	// too: closing ours must not remove it, also if this process is told
+	// to stop (SIGTERM) before the successor says it accepts. (After a
+	// hand-over that fails, a clean exit leaves the path behind, as a
+	// crash does: the next proxy replaces it.)
+	if h.control != nil {
+		h.control.SetUnlinkOnClose(false)
+	}
 	// The descriptors ride on the first byte; the rest of the state may
 	// follow in plain writes.
 	if _, _, err := uc.WriteMsgUnix(msg[:1], unix.UnixRights(fds...), nil); err != nil {
@@ -207,11 +215,6 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	ack := make([]byte, len(handoverAck))
 	if _, err := io.ReadFull(brw, ack); err != nil || string(ack) != handoverAck {
 		return fmt.Errorf("the successor did not take over: %q, %v", ack, err)
-	}
-	// From here on the successor accepts; the control socket's path is
-	// its too, so closing ours must not remove it.
-	if h.control != nil {
-		h.control.SetUnlinkOnClose(false)
 	}
 	c.log.Info("handed over to a new process: no new connections here; open ones may finish")
 	h.done()

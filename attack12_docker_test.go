@@ -1,0 +1,179 @@
+package main
+
+// Attacks on the hand-over (handover.go) against proxy binaries and the
+// real daemon: successors played by the test (takeOver and accepting, the
+// successor's own steps) that die, or that the old process's SIGTERM
+// overtakes; the control socket's path after each; -drain across a
+// restart.
+
+import (
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ctlCfg is the configuration a successor of p has, for takeOver.
+func ctlCfg(t testing.TB, p ctlProxy) config {
+	t.Helper()
+	_, port, err := net.SplitHostPort(p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(port)
+	return config{address: "127.0.0.1", ports: []portMap{{uint16(n), 80}}}
+}
+
+// procFDs lists the descriptors of process pid, as readlink shows them.
+func procFDs(t testing.TB, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return nil // gone
+	}
+	var out []string
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + e.Name()); err == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// socketInode is the inode of a socket's descriptor, as /proc shows it.
+func socketInode(t testing.TB, ln interface {
+	File() (*os.File, error)
+}) string {
+	t.Helper()
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	return "socket:[" + strconv.FormatUint(st.Ino, 10) + "]"
+}
+
+func waitExit(t testing.TB, p *procProxy, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		if p.err != nil {
+			t.Fatalf("%s: exit %v; want status 0", what, p.err)
+		}
+	case <-time.After(within):
+		t.Fatalf("%s: did not exit", what)
+	}
+}
+
+// TestDockerAttackSuccessorDiesBeforeAck: a successor that got the
+// listeners dies (or hangs) before it says it accepts: the old process
+// serves on without a gap, closes the copies it made, and a later
+// successor takes over.
+func TestDockerAttackSuccessorDiesBeforeAck(t *testing.T) {
+	tag := newTag(t, "v1")
+	c := startCtr(t, tag)
+	p := startCtlProxy(t, tag)
+	waitServed(t, p.addr, c, 10*time.Second)
+	pid := p.cmd.Process.Pid
+	before := len(procFDs(t, pid))
+	l := startRestartLoad(t, p.addr, 4, 0)
+
+	// Dies: the connection and its copies of the listeners close.
+	tk, err := takeOver(p.control, ctlCfg(t, p))
+	if err != nil {
+		t.Fatalf("takeOver: %v", err)
+	}
+	_ = tk.conn.Close()
+	tk.socks.close()
+	p.logs.waitLog(t, 10*time.Second, "hand-over failed: serving on")
+
+	// Hangs: the old process gives up after handoverTimeout.
+	tk, err = takeOver(p.control, ctlCfg(t, p))
+	if err != nil {
+		t.Fatalf("takeOver after a failed one: %v", err)
+	}
+	if got := whoAnswers(t, p.addr); got != c.host {
+		t.Fatalf("while a successor hangs %s answers; want %s", got, c.host)
+	}
+	eventually(t, 2*handoverTimeout, "the second failure logged", func() bool {
+		return len(p.logs.lines("hand-over failed: serving on")) == 2
+	})
+	_ = tk.conn.Close()
+	tk.socks.close()
+	eventually(t, 10*time.Second, "the old process's descriptors back to what they were", func() bool {
+		return len(procFDs(t, pid)) <= before
+	})
+	if _, err := newCtlClient(p.control).status(t.Context()); err != nil {
+		t.Fatalf("the control socket after the failed hand-overs: %v", err)
+	}
+	n := p.successor(t)
+	waitExit(t, p.procProxy, 20*time.Second, "the old process after a real hand-over")
+	if got := whoAnswers(t, n.addr); got != c.host {
+		t.Errorf("%s answers; want %s", got, c.host)
+	}
+	l.stop()
+	if l.failed.Load() > 0 {
+		t.Errorf("%d requests failed across the failed hand-overs: %v", l.failed.Load(), l.errs)
+	}
+}
+
+// TestDockerAttackSIGTERMMidHandover: the old process is told to stop
+// (SIGTERM) after it sent its listeners, before the successor says it
+// accepts. The successor serves on those listeners and on the control
+// socket it got: the socket's path must stay, or the successor can never
+// be reached (status, wait, deploy) nor handed over from again.
+func TestDockerAttackSIGTERMMidHandover(t *testing.T) {
+	tag := newTag(t, "v1")
+	c := startCtr(t, tag)
+	p := startCtlProxy(t, tag)
+	waitServed(t, p.addr, c, 10*time.Second)
+	tk, err := takeOver(p.control, ctlCfg(t, p))
+	if err != nil {
+		t.Fatalf("takeOver: %v", err)
+	}
+	defer tk.socks.close()
+	ino := socketInode(t, tk.socks.control)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Until the old process has closed its control socket.
+	// (or has exited: it does not wait for the hand-over on its way out).
+	eventually(t, 10*time.Second, "the old process closed its control socket", func() bool {
+		select {
+		case <-p.exited:
+			return true
+		default:
+		}
+		for _, l := range procFDs(t, p.cmd.Process.Pid) {
+			if l == ino {
+				return false
+			}
+		}
+		return true
+	})
+	if err := tk.accepting(); err != nil {
+		t.Logf("ack: %v", err)
+	}
+	waitExit(t, p.procProxy, 20*time.Second, "the old process")
+	if _, err := os.Lstat(p.control); err != nil {
+		t.Fatalf("the control socket's path after the old process stopped mid-hand-over: %v; the successor holds the socket and cannot be reached", err)
+	}
+	// The successor (the test) answers on it.
+	go func() {
+		c, err := tk.socks.control.Accept()
+		if err == nil {
+			_ = c.Close()
+		}
+	}()
+	conn, err := net.DialTimeout("unix", p.control, time.Second)
+	if err != nil {
+		t.Fatalf("dial the control socket: %v", err)
+	}
+	_ = conn.Close()
+}
