@@ -9,6 +9,7 @@ package main
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -176,4 +177,74 @@ func TestDockerAttackSIGTERMMidHandover(t *testing.T) {
 		t.Fatalf("dial the control socket: %v", err)
 	}
 	_ = conn.Close()
+}
+
+// fakeHandover plays, in the test, a predecessor that hands over a data
+// port and its control socket to a real successor binary: the listeners
+// are the test's. before runs once the successor has read the answer,
+// after once it acked (or closed).
+type fakeHandover struct {
+	port    int
+	control string
+	data    *net.TCPListener
+	acks    <-chan string
+}
+
+func startFakeHandover(t *testing.T, before func(), after func(ack string)) *fakeHandover {
+	t.Helper()
+	f := &fakeHandover{control: filepath.Join(t.TempDir(), "ctl.sock")}
+	cln, err := net.ListenUnix("unix", &net.UnixAddr{Name: f.control, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cln.Close() })
+	data, fd := tcpListenerFD(t)
+	f.data, f.port = data, data.Addr().(*net.TCPAddr).Port
+	cf, err := cln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cf.Close() })
+	f.acks = fakePredecessorOn(cln, func() ([]int, []byte) {
+		if before != nil {
+			before()
+		}
+		return []int{fd, int(cf.Fd())}, stateMsg(t, handoverState{Version: 1, PID: os.Getpid(),
+			Listeners: []handoverSocket{{Kind: "port", Port: uint16(f.port)}, {Kind: "control"}}})
+	}, after)
+	return f
+}
+
+func (f *fakeHandover) args(tag string) []string {
+	return []string{"-address", "127.0.0.1", "-ports", strconv.Itoa(f.port) + "=80", "-tag", tag,
+		"-status_url", ":80/status", "-control", f.control}
+}
+
+// TestDockerAttackSuccessorStoppedBeforeAck: a successor told to stop
+// (SIGTERM) while it takes over must not tell the old process that it
+// accepts: the old one would stop accepting, and this one stops too, so
+// nobody accepts.
+func TestDockerAttackSuccessorStoppedBeforeAck(t *testing.T) {
+	tag := newTag(t, "v1")
+	var n *procProxy
+	ready := make(chan struct{})
+	f := startFakeHandover(t, func() {
+		<-ready
+		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+		n.logs.waitLog(t, 10*time.Second, "stopping")
+	}, nil)
+	n = startBinary(t, "", f.args(tag)...)
+	close(ready)
+	select {
+	case ack := <-f.acks:
+		if ack != "" {
+			t.Errorf("a successor stopped before it took over acked %q; want nothing: the old process must serve on", ack)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hand-over did not end")
+	}
+	waitExit(t, n, 20*time.Second, "the stopped successor")
+	if _, err := os.Lstat(f.control); err != nil {
+		t.Errorf("the predecessor's control socket after the successor stopped: %v", err)
+	}
 }

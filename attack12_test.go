@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -44,6 +45,14 @@ func fakePredecessor(t *testing.T, fds []int, msg []byte) (string, <-chan string
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ln.Close() })
+	return path, fakePredecessorOn(ln, func() ([]int, []byte) { return fds, msg }, nil)
+}
+
+// fakePredecessorOn is fakePredecessor on ln: send, called once the
+// successor has read the answer, gives what to send; after, if not nil,
+// is called once the ack (or less, up to the end) has been read, before
+// the connection closes.
+func fakePredecessorOn(ln *net.UnixListener, send func() ([]int, []byte), after func(ack string)) <-chan string {
 	acks := make(chan string, 1)
 	go func() {
 		defer close(acks)
@@ -64,25 +73,22 @@ func fakePredecessor(t *testing.T, fds []int, msg []byte) (string, <-chan string
 		if _, err := br.ReadByte(); err != nil {
 			return
 		}
+		fds, msg := send()
 		if _, _, err := c.WriteMsgUnix(msg[:1], unix.UnixRights(fds...), nil); err != nil {
 			return
 		}
 		if _, err := c.Write(msg[1:]); err != nil {
 			return
 		}
-		var rest strings.Builder
-		buf := make([]byte, 64)
-		for {
-			n, err := br.Read(buf)
-			rest.Write(buf[:n])
-			if err != nil {
-				break
-			}
+		ack := make([]byte, len(handoverAck))
+		n, _ := io.ReadFull(br, ack)
+		if after != nil {
+			after(string(ack[:n]))
 		}
 		_ = c.Close() // before the test counts descriptors
-		acks <- rest.String()
+		acks <- string(ack[:n])
 	}()
-	return path, acks
+	return acks
 }
 
 // stateMsg is the length-prefixed state.

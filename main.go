@@ -211,6 +211,7 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 // serveFrom is serve, after taking over from a predecessor (t) or not
 // (nil). A successor, in turn, ends ctx's part here: it takes over.
 func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger, t *takeover) error {
+	stopped := ctx // told to stop, not handed over
 	ctx, handedOver := context.WithCancel(ctx)
 	defer handedOver()
 	sel, err := newSelector(cfg.tag, cfg.labels)
@@ -264,13 +265,20 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		log.Info("listening", "addr", ln.Addr().String(), "port", cfg.ports[i].String())
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })
 	}
-	if t != nil {
-		<-d.inherited // the serving container is in the route
+	switch {
+	case t == nil:
+		notifyReady(log)
+	case waitInherited(stopped, d.inherited) != nil:
+		// Told to stop while it took over: the predecessor, not told that
+		// this one accepts, serves on.
+		_ = t.conn.Close()
+		log.Warn("stopped before taking over: the running proxy serves on")
+	default:
 		if err := t.accepting(); err != nil {
 			log.Warn("the predecessor did not hear that this process accepts: both accept until it stops", "err", err)
 		}
+		notifyReady(log)
 	}
-	notifyReady(log)
 	<-ctx.Done()
 	p.drain()
 	log.Info("no new connections; open ones may finish", "open", p.reg.count(), "shutdown_timeout", cfg.shutdown)
@@ -296,6 +304,20 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		log.Error("stopped with connections still closing", "open", p.reg.count())
 	}
 	return nil
+}
+
+// waitInherited waits until the predecessor's records are in the rule
+// (the serving container in the route), or ctx ends first.
+func waitInherited(ctx context.Context, inherited <-chan struct{}) error {
+	select {
+	case <-inherited:
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // closeWait bounds how long serve waits, after closing every connection,
