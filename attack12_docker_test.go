@@ -11,9 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ctlCfg is the configuration a successor of p has, for takeOver.
@@ -246,5 +249,46 @@ func TestDockerAttackSuccessorStoppedBeforeAck(t *testing.T) {
 	waitExit(t, n, 20*time.Second, "the stopped successor")
 	if _, err := os.Lstat(f.control); err != nil {
 		t.Errorf("the predecessor's control socket after the successor stopped: %v", err)
+	}
+}
+
+// TestDockerAttackNotifyBeforeAck: under systemd (Type=notify) the
+// successor must say MAINPID=itself before it tells the old process to
+// stop: the old one may exit at once (nothing open), and a main process
+// that exits before systemd heard of the new one is the service's end
+// (Restart=always kills the rest of the unit, the new proxy with it).
+func TestDockerAttackNotifyBeforeAck(t *testing.T) {
+	tag := newTag(t, "v1")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "notify"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	heard := make(chan string, 1)
+	f := startFakeHandover(t, nil, func(ack string) {
+		// What systemd has heard when the old process is told to stop
+		// (what is queued now: a read that does not wait).
+		buf := make([]byte, 4096)
+		n := 0
+		if rc, err := notify.SyscallConn(); err == nil {
+			_ = rc.Read(func(fd uintptr) bool {
+				n, _, _ = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+				n = max(n, 0)
+				return true
+			})
+		}
+		heard <- string(buf[:n])
+	})
+	pp := startBinaryEnv(t, []string{"NOTIFY_SOCKET=" + notify.LocalAddr().String()}, f.args(tag)...)
+	select {
+	case ack := <-f.acks:
+		if ack != handoverAck {
+			t.Fatalf("ack %q; want %q", ack, handoverAck)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hand-over did not end")
+	}
+	if got := <-heard; !strings.Contains(got, "MAINPID="+strconv.Itoa(pp.cmd.Process.Pid)) {
+		t.Errorf("when the successor acked, systemd had heard %q; want READY=1 and MAINPID=%d first", got, pp.cmd.Process.Pid)
 	}
 }

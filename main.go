@@ -274,10 +274,12 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		_ = t.conn.Close()
 		log.Warn("stopped before taking over: the running proxy serves on")
 	default:
+		// systemd hears of the new main process before the old one may
+		// exit.
+		notifyReady(log)
 		if err := t.accepting(); err != nil {
 			log.Warn("the predecessor did not hear that this process accepts: both accept until it stops", "err", err)
 		}
-		notifyReady(log)
 	}
 	<-ctx.Done()
 	p.drain()
