@@ -7,6 +7,7 @@ package main
 // restart.
 
 import (
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -290,5 +291,27 @@ func TestDockerAttackNotifyBeforeAck(t *testing.T) {
 	}
 	if got := <-heard; !strings.Contains(got, "MAINPID="+strconv.Itoa(pp.cmd.Process.Pid)) {
 		t.Errorf("when the successor acked, systemd had heard %q; want READY=1 and MAINPID=%d first", got, pp.cmd.Process.Pid)
+	}
+}
+
+// TestDockerAttackSuccessorRemovesItsSocket: a successor that stops
+// (SIGTERM) removes the control socket's path, as a proxy that made it
+// does; it does not leave a dead socket behind.
+func TestDockerAttackSuccessorRemovesItsSocket(t *testing.T) {
+	tag := newTag(t, "v1")
+	c := startCtr(t, tag)
+	p := startCtlProxy(t, tag)
+	waitServed(t, p.addr, c, 10*time.Second)
+	n := p.successor(t)
+	waitExit(t, p.procProxy, 20*time.Second, "the old process")
+	if _, err := os.Lstat(p.control); err != nil {
+		t.Fatalf("the control socket's path after the hand-over: %v", err)
+	}
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, n.procProxy, 20*time.Second, "the successor")
+	if _, err := os.Lstat(p.control); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after the successor stopped the control socket's path is still there (%v); want it removed, as a cold-started proxy removes it", err)
 	}
 }

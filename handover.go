@@ -201,9 +201,7 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	// to stop (SIGTERM) before the successor says it accepts. (After a
 	// hand-over that fails, a clean exit leaves the path behind, as a
 	// crash does: the next proxy replaces it.)
-	if h.control != nil {
-		h.control.SetUnlinkOnClose(false)
-	}
+	c.release()
 	// The descriptors ride on the first byte; the rest of the state may
 	// follow in plain writes.
 	if _, _, err := uc.WriteMsgUnix(msg[:1], unix.UnixRights(fds...), nil); err != nil {

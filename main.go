@@ -248,8 +248,9 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	if err != nil {
 		return err
 	}
+	var ctl *control
 	if cln != nil {
-		ctl := &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log, source: &handoverSource{
+		ctl = &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log, source: &handoverSource{
 			id: listenID(cfg.address, cfg.ports), data: lns, ports: cfg.ports, metrics: mln, mAddr: cfg.metricsAddr,
 			control: cln, state: d.handOver, done: handedOver,
 		}}
@@ -279,6 +280,8 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		notifyReady(log)
 		if err := t.accepting(); err != nil {
 			log.Warn("the predecessor did not hear that this process accepts: both accept until it stops", "err", err)
+		} else if ctl != nil && cln == handed.control {
+			ctl.claim() // the control socket's path is this process's now
 		}
 	}
 	<-ctx.Done()
