@@ -8,7 +8,9 @@ package main
 
 import (
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -314,4 +316,46 @@ func TestDockerAttackSuccessorRemovesItsSocket(t *testing.T) {
 	if _, err := os.Lstat(p.control); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after the successor stopped the control socket's path is still there (%v); want it removed, as a cold-started proxy removes it", err)
 	}
+}
+
+// TestDockerAttackDrainAcrossRestart: with -drain a container is removed
+// once its last connection closes. After a hand-over the old process
+// still carries connections to the serving container; a deploy right
+// after must not remove that container while they are open.
+func TestDockerAttackDrainAcrossRestart(t *testing.T) {
+	tag := newTag(t, "v1")
+	x := startCtr(t, tag)
+	p := startCtlProxy(t, tag, "-drain", "-grace_period", "60s", "-shutdown_timeout", "60s")
+	waitServed(t, p.addr, x, 10*time.Second)
+	slow := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+		resp, err := client.Get("http://" + p.addr + "/slow?ms=12000")
+		if err == nil {
+			var body []byte
+			body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && strings.TrimSpace(string(body)) != x.host {
+				err = errors.New("answered by " + string(body))
+			}
+		}
+		slow <- err
+	}()
+	eventually(t, 5*time.Second, "the slow request in flight", func() bool {
+		return strings.Contains(connectionsTo(t, x), "ESTAB")
+	})
+	n := p.successor(t)
+	p.logs.waitLog(t, 10*time.Second, "handed over to a new process: no new connections here; open ones may finish")
+	y := startCtr(t, tag)
+	waitServed(t, n.addr, y, 20*time.Second)
+	select {
+	case err := <-slow:
+		if err != nil {
+			t.Fatalf("the request the old process carried to %s: %v; the successor removed the container under it", x.short(), err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the slow request did not finish")
+	}
+	eventually(t, 30*time.Second, "the drained container removed", func() bool { return !ctrExists(t, x.id) })
+	waitExit(t, p.procProxy, 30*time.Second, "the old process")
 }

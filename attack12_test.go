@@ -198,6 +198,7 @@ func TestAttackTakeOverBogusPredecessor(t *testing.T) {
 				}
 				_ = tk.accepting()
 				<-acks
+				<-tk.gone // the predecessor closed: so has the successor's end
 				if got := openFDs(t) - before; got != used {
 					t.Errorf("after the take-over the successor holds %d more descriptors; want %d (what it uses)", got, used)
 				}

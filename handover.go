@@ -35,6 +35,11 @@ import (
 //  3. N accepts on the same sockets, so both accept for a moment; then N
 //     writes "accepting\n", and only then O stops accepting and stops its
 //     deploy rule, and lets its open connections finish as on SIGTERM.
+//  4. O keeps the connection open until its last connection is done (and
+//     its own predecessor's, if it was handed over from one meanwhile).
+//     Till N reads its end, a container O served may still carry O's
+//     connections: N does not count it drained (-drain) before. (An O
+//     that closes at once, or dies, only makes that wait shorter.)
 //
 // The sockets are never closed in between (each process holds its own
 // descriptor of them), so no connection attempt is refused, and a
@@ -100,7 +105,7 @@ type handoverSource struct {
 	mAddr   string
 	control *net.UnixListener
 	state   func(ctx context.Context) ([]inheritedCtr, error)
-	done    func() // N accepts: stop accepting, stop the rule, drain
+	done    func(conn io.Closer) // N accepts: stop accepting, stop the rule, drain; close conn once drained
 }
 
 func (c *control) takeoverRequest(w http.ResponseWriter, r *http.Request) {
@@ -132,7 +137,12 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	if err != nil {
 		return fmt.Errorf("hijack: %w", err)
 	}
-	defer conn.Close()
+	kept := false // on success the connection stays open until this process is done
+	defer func() {
+		if !kept {
+			_ = conn.Close()
+		}
+	}()
 	uc, ok := conn.(interface {
 		WriteMsgUnix(b, oob []byte, addr *net.UnixAddr) (n, oobn int, err error)
 	})
@@ -215,7 +225,9 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 		return fmt.Errorf("the successor did not take over: %q, %v", ack, err)
 	}
 	c.log.Info("handed over to a new process: no new connections here; open ones may finish")
-	h.done()
+	_ = conn.SetDeadline(time.Time{})
+	kept = true
+	h.done(conn)
 	return nil
 }
 
@@ -226,6 +238,7 @@ type takeover struct {
 	conn  *net.UnixConn
 	state handoverState
 	socks sockets
+	gone  chan struct{} // closed when the predecessor is done (its end of conn closes)
 }
 
 // errNoPredecessor: nobody listens on the control socket: a cold start.
@@ -303,7 +316,7 @@ func takeOver(path string, cfg config) (*takeover, error) {
 	if _, err := io.ReadFull(conn, body); err != nil {
 		return nil, fmt.Errorf("receive the state: %w", err)
 	}
-	t := &takeover{conn: conn, socks: sockets{ports: map[uint16]*net.TCPListener{}}}
+	t := &takeover{conn: conn, socks: sockets{ports: map[uint16]*net.TCPListener{}}, gone: make(chan struct{})}
 	if err := json.Unmarshal(body, &t.state); err != nil {
 		return nil, fmt.Errorf("the predecessor's state: %w", err)
 	}
@@ -349,11 +362,23 @@ func takeOver(path string, cfg config) (*takeover, error) {
 }
 
 // accepting tells the predecessor that this process accepts now: it stops.
+// Then t.gone is closed once the predecessor is done (or at once, if it
+// did not hear).
 func (t *takeover) accepting() error {
-	defer t.conn.Close()
 	_ = t.conn.SetDeadline(time.Now().Add(handoverTimeout))
 	_, err := t.conn.Write([]byte(handoverAck))
-	return err
+	if err != nil {
+		_ = t.conn.Close()
+		close(t.gone)
+		return err
+	}
+	_ = t.conn.SetDeadline(time.Time{})
+	go func() {
+		defer close(t.gone)
+		defer t.conn.Close()
+		_, _ = io.Copy(io.Discard, t.conn) // until the predecessor's end closes
+	}()
+	return nil
 }
 
 // close closes what was handed over and not used.

@@ -229,7 +229,31 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	d.name = sel.String()
 	handed := sockets{}
 	if t != nil {
-		d.inherit, handed = t.state.Containers, t.socks
+		d.inherit, handed, d.predecessor = t.state.Containers, t.socks, t.gone
+	}
+	// A successor's end of the hand-over closes once this process is done
+	// (see handover.go).
+	var succMu sync.Mutex
+	var succ io.Closer
+	defer func() {
+		succMu.Lock()
+		defer succMu.Unlock()
+		if succ == nil {
+			return
+		}
+		if t != nil {
+			select { // this process's predecessor may still carry connections too
+			case <-t.gone:
+			case <-time.After(cfg.shutdown):
+			}
+		}
+		_ = succ.Close()
+	}()
+	handOff := func(conn io.Closer) {
+		succMu.Lock()
+		succ = conn
+		succMu.Unlock()
+		handedOver()
 	}
 
 	var wg sync.WaitGroup
@@ -252,7 +276,7 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	if cln != nil {
 		ctl = &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log, source: &handoverSource{
 			id: listenID(cfg.address, cfg.ports), data: lns, ports: cfg.ports, metrics: mln, mAddr: cfg.metricsAddr,
-			control: cln, state: d.handOver, done: handedOver,
+			control: cln, state: d.handOver, done: handOff,
 		}}
 		wg.Go(func() {
 			if err := ctl.serve(ctx, cln); err != nil {
