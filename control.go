@@ -159,6 +159,33 @@ type control struct {
 	log       *slog.Logger
 	source    *handoverSource // what a successor takes over; nil: nothing
 	handing   atomic.Bool     // a hand-over is under way
+
+	pathMu sync.Mutex // guards released, and the control socket's unlink-on-close
+	// released: the control socket's descriptor may be a successor's:
+	// closing it must not remove its path.
+	released bool
+}
+
+// release makes closing the control socket leave its path: a successor
+// may hold it from now on.
+func (c *control) release() {
+	c.pathMu.Lock()
+	defer c.pathMu.Unlock()
+	c.released = true
+	if c.source != nil && c.source.control != nil {
+		c.source.control.SetUnlinkOnClose(false)
+	}
+}
+
+// claim makes closing the control socket remove its path, as for one this
+// process made: a successor calls it once its predecessor has stopped
+// accepting, unless it has handed the socket on meanwhile.
+func (c *control) claim() {
+	c.pathMu.Lock()
+	defer c.pathMu.Unlock()
+	if !c.released && c.source != nil && c.source.control != nil {
+		c.source.control.SetUnlinkOnClose(true)
+	}
 }
 
 // controlContainer is the answer of /v1/containers/{ref}.

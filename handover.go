@@ -35,6 +35,11 @@ import (
 //  3. N accepts on the same sockets, so both accept for a moment; then N
 //     writes "accepting\n", and only then O stops accepting and stops its
 //     deploy rule, and lets its open connections finish as on SIGTERM.
+//  4. O keeps the connection open until its last connection is done (and
+//     its own predecessor's, if it was handed over from one meanwhile).
+//     Till N reads its end, a container O served may still carry O's
+//     connections: N does not count it drained (-drain) before. (An O
+//     that closes at once, or dies, only makes that wait shorter.)
 //
 // The sockets are never closed in between (each process holds its own
 // descriptor of them), so no connection attempt is refused, and a
@@ -100,7 +105,7 @@ type handoverSource struct {
 	mAddr   string
 	control *net.UnixListener
 	state   func(ctx context.Context) ([]inheritedCtr, error)
-	done    func() // N accepts: stop accepting, stop the rule, drain
+	done    func(conn io.Closer) // N accepts: stop accepting, stop the rule, drain; close conn once drained
 }
 
 func (c *control) takeoverRequest(w http.ResponseWriter, r *http.Request) {
@@ -132,7 +137,12 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	if err != nil {
 		return fmt.Errorf("hijack: %w", err)
 	}
-	defer conn.Close()
+	kept := false // on success the connection stays open until this process is done
+	defer func() {
+		if !kept {
+			_ = conn.Close()
+		}
+	}()
 	uc, ok := conn.(interface {
 		WriteMsgUnix(b, oob []byte, addr *net.UnixAddr) (n, oobn int, err error)
 	})
@@ -196,6 +206,12 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 		fds[i] = int(f.Fd())
 	}
 	deadline()
+	// Once the successor may hold the control socket, the path is its
+	// too: closing ours must not remove it, also if this process is told
+	// to stop (SIGTERM) before the successor says it accepts. (After a
+	// hand-over that fails, a clean exit leaves the path behind, as a
+	// crash does: the next proxy replaces it.)
+	c.release()
 	// The descriptors ride on the first byte; the rest of the state may
 	// follow in plain writes.
 	if _, _, err := uc.WriteMsgUnix(msg[:1], unix.UnixRights(fds...), nil); err != nil {
@@ -208,13 +224,10 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	if _, err := io.ReadFull(brw, ack); err != nil || string(ack) != handoverAck {
 		return fmt.Errorf("the successor did not take over: %q, %v", ack, err)
 	}
-	// From here on the successor accepts; the control socket's path is
-	// its too, so closing ours must not remove it.
-	if h.control != nil {
-		h.control.SetUnlinkOnClose(false)
-	}
 	c.log.Info("handed over to a new process: no new connections here; open ones may finish")
-	h.done()
+	_ = conn.SetDeadline(time.Time{})
+	kept = true
+	h.done(conn)
 	return nil
 }
 
@@ -225,6 +238,7 @@ type takeover struct {
 	conn  *net.UnixConn
 	state handoverState
 	socks sockets
+	gone  chan struct{} // closed when the predecessor is done (its end of conn closes)
 }
 
 // errNoPredecessor: nobody listens on the control socket: a cold start.
@@ -302,12 +316,16 @@ func takeOver(path string, cfg config) (*takeover, error) {
 	if _, err := io.ReadFull(conn, body); err != nil {
 		return nil, fmt.Errorf("receive the state: %w", err)
 	}
-	t := &takeover{conn: conn, socks: sockets{ports: map[uint16]*net.TCPListener{}}}
+	t := &takeover{conn: conn, socks: sockets{ports: map[uint16]*net.TCPListener{}}, gone: make(chan struct{})}
 	if err := json.Unmarshal(body, &t.state); err != nil {
 		return nil, fmt.Errorf("the predecessor's state: %w", err)
 	}
 	if len(t.state.Listeners) != len(files) {
 		return nil, fmt.Errorf("the predecessor sent %d descriptors for %d listeners", len(files), len(t.state.Listeners))
+	}
+	want := map[uint16]bool{}
+	for _, p := range cfg.ports {
+		want[p.host] = true
 	}
 	for i, s := range t.state.Listeners {
 		ln, err := net.FileListener(files[i])
@@ -315,15 +333,26 @@ func takeOver(path string, cfg config) (*takeover, error) {
 			t.socks.close()
 			return nil, fmt.Errorf("the predecessor's %s listener: %w", s.Kind, err)
 		}
+		// Only what this process uses is kept: a listener it does not
+		// take (a port it does not have, a second of a kind) is closed
+		// here, not held unserved.
 		switch l := ln.(type) {
 		case *net.TCPListener:
-			if s.Kind == "metrics" {
+			switch {
+			case s.Kind == "metrics" && t.socks.metrics == nil:
 				t.socks.metrics, t.socks.addr = l, s.Addr
-			} else {
+			case s.Kind == "port" && want[s.Port] && t.socks.ports[s.Port] == nil:
 				t.socks.ports[s.Port] = l
+			default:
+				_ = l.Close()
 			}
 		case *net.UnixListener:
-			t.socks.control = l
+			if s.Kind == "control" && t.socks.control == nil {
+				t.socks.control = l
+			} else {
+				l.SetUnlinkOnClose(false)
+				_ = l.Close()
+			}
 		default:
 			_ = ln.Close()
 		}
@@ -333,11 +362,23 @@ func takeOver(path string, cfg config) (*takeover, error) {
 }
 
 // accepting tells the predecessor that this process accepts now: it stops.
+// Then t.gone is closed once the predecessor is done (or at once, if it
+// did not hear).
 func (t *takeover) accepting() error {
-	defer t.conn.Close()
 	_ = t.conn.SetDeadline(time.Now().Add(handoverTimeout))
 	_, err := t.conn.Write([]byte(handoverAck))
-	return err
+	if err != nil {
+		_ = t.conn.Close()
+		close(t.gone)
+		return err
+	}
+	_ = t.conn.SetDeadline(time.Time{})
+	go func() {
+		defer close(t.gone)
+		defer t.conn.Close()
+		_, _ = io.Copy(io.Discard, t.conn) // until the predecessor's end closes
+	}()
+	return nil
 }
 
 // close closes what was handed over and not used.

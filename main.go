@@ -211,6 +211,7 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 // serveFrom is serve, after taking over from a predecessor (t) or not
 // (nil). A successor, in turn, ends ctx's part here: it takes over.
 func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger, t *takeover) error {
+	stopped := ctx // told to stop, not handed over
 	ctx, handedOver := context.WithCancel(ctx)
 	defer handedOver()
 	sel, err := newSelector(cfg.tag, cfg.labels)
@@ -228,7 +229,31 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	d.name = sel.String()
 	handed := sockets{}
 	if t != nil {
-		d.inherit, handed = t.state.Containers, t.socks
+		d.inherit, handed, d.predecessor = t.state.Containers, t.socks, t.gone
+	}
+	// A successor's end of the hand-over closes once this process is done
+	// (see handover.go).
+	var succMu sync.Mutex
+	var succ io.Closer
+	defer func() {
+		succMu.Lock()
+		defer succMu.Unlock()
+		if succ == nil {
+			return
+		}
+		if t != nil {
+			select { // this process's predecessor may still carry connections too
+			case <-t.gone:
+			case <-time.After(cfg.shutdown):
+			}
+		}
+		_ = succ.Close()
+	}()
+	handOff := func(conn io.Closer) {
+		succMu.Lock()
+		succ = conn
+		succMu.Unlock()
+		handedOver()
 	}
 
 	var wg sync.WaitGroup
@@ -247,10 +272,11 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	if err != nil {
 		return err
 	}
+	var ctl *control
 	if cln != nil {
-		ctl := &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log, source: &handoverSource{
+		ctl = &control{rn: d, connected: &w.connected, docker: docker, sel: sel, log: log, source: &handoverSource{
 			id: listenID(cfg.address, cfg.ports), data: lns, ports: cfg.ports, metrics: mln, mAddr: cfg.metricsAddr,
-			control: cln, state: d.handOver, done: handedOver,
+			control: cln, state: d.handOver, done: handOff,
 		}}
 		wg.Go(func() {
 			if err := ctl.serve(ctx, cln); err != nil {
@@ -264,13 +290,24 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		log.Info("listening", "addr", ln.Addr().String(), "port", cfg.ports[i].String())
 		wg.Go(func() { _ = p.serve(ctx, ln, i) })
 	}
-	if t != nil {
-		<-d.inherited // the serving container is in the route
+	switch {
+	case t == nil:
+		notifyReady(log)
+	case waitInherited(stopped, d.inherited) != nil:
+		// Told to stop while it took over: the predecessor, not told that
+		// this one accepts, serves on.
+		_ = t.conn.Close()
+		log.Warn("stopped before taking over: the running proxy serves on")
+	default:
+		// systemd hears of the new main process before the old one may
+		// exit.
+		notifyReady(log)
 		if err := t.accepting(); err != nil {
 			log.Warn("the predecessor did not hear that this process accepts: both accept until it stops", "err", err)
+		} else if ctl != nil && cln == handed.control {
+			ctl.claim() // the control socket's path is this process's now
 		}
 	}
-	notifyReady(log)
 	<-ctx.Done()
 	p.drain()
 	log.Info("no new connections; open ones may finish", "open", p.reg.count(), "shutdown_timeout", cfg.shutdown)
@@ -296,6 +333,20 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		log.Error("stopped with connections still closing", "open", p.reg.count())
 	}
 	return nil
+}
+
+// waitInherited waits until the predecessor's records are in the rule
+// (the serving container in the route), or ctx ends first.
+func waitInherited(ctx context.Context, inherited <-chan struct{}) error {
+	select {
+	case <-inherited:
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // closeWait bounds how long serve waits, after closing every connection,

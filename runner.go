@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,10 +41,13 @@ type runner struct {
 	seen       map[string]seenRecord // the records as the last events left them (see changes)
 	lastRouted string
 
-	inherit   []inheritedCtr                 // a predecessor's records (see handover.go): the first step
-	inherited chan struct{}                  // closed once they are in the rule, and the route set
-	snapshots chan chan []inheritedCtr       // a successor asks for the records
-	onRoute   func(id string, ip netip.Addr) // tests: called after every change of route
+	inherit   []inheritedCtr // a predecessor's records (see handover.go): the first step
+	inherited chan struct{}  // closed once they are in the rule, and the route set
+	// predecessor is closed once the predecessor is done: till then a
+	// container it served may carry its connections (nil: none).
+	predecessor <-chan struct{}
+	snapshots   chan chan []inheritedCtr       // a successor asks for the records
+	onRoute     func(id string, ip netip.Addr) // tests: called after every change of route
 
 	mu       sync.Mutex          // guards backends
 	backends map[string]*backend // by container id: those that carry or carried connections
@@ -179,18 +183,24 @@ func (rn *runner) do(ctx context.Context, wg *sync.WaitGroup, a any) {
 			}
 		}
 	case actDrain:
-		b := rn.backends[a.id]
-		if b == nil {
-			wg.Go(func() { rn.report(ctx, evDrained{a.id}) })
-			return
+		// Drained once this process carries nothing to it, and the
+		// predecessor, which may have served it, is done.
+		var waits []<-chan struct{}
+		if b := rn.backends[a.id]; b != nil {
+			waits = append(waits, b.drained())
 		}
-		drained := b.drained()
+		if rn.predecessor != nil && slices.ContainsFunc(rn.inherit, func(in inheritedCtr) bool { return in.ID == a.id }) {
+			waits = append(waits, rn.predecessor)
+		}
 		wg.Go(func() {
-			select {
-			case <-drained:
-				rn.report(ctx, evDrained{a.id})
-			case <-ctx.Done():
+			for _, w := range waits {
+				select {
+				case <-w:
+				case <-ctx.Done():
+					return
+				}
 			}
+			rn.report(ctx, evDrained{a.id})
 		})
 	case actRetire:
 		b := rn.backends[a.id]
