@@ -457,9 +457,8 @@ func metricsListener(cfg config, handed sockets) (net.Listener, error) {
 func controlListener(cfg config, handed sockets, log *slog.Logger) (*net.UnixListener, error) {
 	if handed.control != nil {
 		// A listener made from a descriptor does not remove its path on
-		// close; this one is ours now, and the last proxy to stop removes
-		// it (a successor's hand-over turns that off again).
-		handed.control.SetUnlinkOnClose(true)
+		// close; it becomes this process's to remove only once the
+		// predecessor stopped accepting (see control.claim).
 		return handed.control, nil
 	}
 	path := controlPath(cfg)
