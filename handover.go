@@ -104,8 +104,8 @@ type handoverSource struct {
 	metrics net.Listener // nil: none
 	mAddr   string
 	control *net.UnixListener
-	state   func(ctx context.Context) ([]inheritedCtr, error)
-	done    func(conn io.Closer) // N accepts: stop accepting, stop the rule, drain; close conn once drained
+	state   func(ctx context.Context) ([]inheritedCtr, func(), error) // the records, and what lets the rule go on
+	done    func(conn io.Closer)                                      // N accepts: stop accepting, stop the rule, drain; close conn once drained
 }
 
 func (c *control) takeoverRequest(w http.ResponseWriter, r *http.Request) {
@@ -160,10 +160,11 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), handoverTimeout)
 	defer cancel()
-	ctrs, err := h.state(ctx)
+	ctrs, resume, err := h.state(ctx)
 	if err != nil {
 		return err
 	}
+	defer resume()
 	st := handoverState{Version: 1, Containers: ctrs, From: versionString(), PID: os.Getpid()}
 	var files []*os.File
 	defer func() {

@@ -43,7 +43,7 @@ func main() {
 		return
 	}
 	log := newLogger(os.Stderr, cfg.logFormat, cfg.logLevel)
-	ctx, abort := signals(log)
+	ctx, abort := signals(log, controlPath(cfg) != "")
 	if err := run(ctx, abort, cfg, log); err != nil {
 		log.Error("docker-proxy failed", "err", err)
 		os.Exit(1)
@@ -67,7 +67,7 @@ func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
 // and ignored: the proxy has nothing to reload, and a restart is the way
 // to change its flags. SIGUSR2 restarts it in place without a gap: a new
 // process of the binary takes over (see restartInPlace).
-func signals(log *slog.Logger) (context.Context, <-chan struct{}) {
+func signals(log *slog.Logger, canRestart bool) (context.Context, <-chan struct{}) {
 	ctx, stop := context.WithCancel(context.Background())
 	abort := make(chan struct{})
 	ch := make(chan os.Signal, 4)
@@ -80,7 +80,10 @@ func signals(log *slog.Logger) (context.Context, <-chan struct{}) {
 				log.Info("SIGHUP ignored: restart docker-proxy to change its settings (SIGUSR2 restarts it without a gap)")
 				continue
 			case syscall.SIGUSR2:
-				if n == 0 {
+				switch {
+				case !canRestart:
+					log.Warn("SIGUSR2 ignored: with -control \"\" there is no control socket for a new process to take over through")
+				case n == 0:
 					restartInPlace(log)
 				}
 				continue
@@ -116,9 +119,10 @@ func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logge
 	// A proxy already running for these ports hands its sockets over;
 	// else this is a cold start.
 	var t *takeover
+	var takeErr error
 	if path := controlPath(cfg); path != "" {
-		t, err = takeOver(path, cfg)
-		logTakeover(log, path, t, err)
+		t, takeErr = takeOver(path, cfg)
+		logTakeover(log, path, t, takeErr)
 	}
 	handed := sockets{}
 	if t != nil {
@@ -140,7 +144,10 @@ func run(ctx context.Context, abort <-chan struct{}, cfg config, log *slog.Logge
 		ln, err := listenTCP(network, addr)
 		if err != nil {
 			handed.close()
-			if errors.Is(err, syscall.EADDRINUSE) && t == nil {
+			switch {
+			case errors.Is(err, syscall.EADDRINUSE) && takeErr != nil && !errors.Is(takeErr, errNoPredecessor):
+				return fmt.Errorf("listen on %s: %w (the proxy that holds it did not hand over: %v)", addr, err, takeErr)
+			case errors.Is(err, syscall.EADDRINUSE) && t == nil:
 				return fmt.Errorf("listen on %s: %w (a docker-proxy without a control socket, or an older one, holds it? stop it first)", addr, err)
 			}
 			return fmt.Errorf("listen on %s: %w", addr, err)

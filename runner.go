@@ -46,7 +46,7 @@ type runner struct {
 	// predecessor is closed once the predecessor is done: till then a
 	// container it served may carry its connections (nil: none).
 	predecessor <-chan struct{}
-	snapshots   chan chan []inheritedCtr       // a successor asks for the records
+	snapshots   chan snapshotRequest           // a successor asks for the records
 	onRoute     func(id string, ip netip.Addr) // tests: called after every change of route
 
 	mu       sync.Mutex          // guards backends
@@ -65,7 +65,7 @@ func newRunner(rl *rule, route *router, ports []portMap, ready prober, retire re
 		backends:  make(map[string]*backend),
 		results:   make(chan any),
 		inherited: make(chan struct{}),
-		snapshots: make(chan chan []inheritedCtr),
+		snapshots: make(chan snapshotRequest),
 	}
 }
 
@@ -92,8 +92,16 @@ func (rn *runner) run(ctx context.Context, events <-chan any) {
 			}
 		case <-timer.C:
 			ev = evTick{}
-		case ch := <-rn.snapshots:
-			ch <- rn.rule.handOver()
+		case req := <-rn.snapshots:
+			// The rule holds still until the successor has them or
+			// the hand-over failed: a swap in between would be lost
+			// to the successor.
+			req.records <- rn.rule.handOver()
+			select {
+			case <-req.resume:
+			case <-ctx.Done():
+			case <-time.After(3 * handoverTimeout):
+			}
 			continue
 		case <-ctx.Done():
 			return
@@ -117,15 +125,25 @@ func (rn *runner) apply(ctx context.Context, wg *sync.WaitGroup, timer *time.Tim
 	rn.publish(time.Now())
 }
 
-// handOver returns the rule's records, for a successor.
-func (rn *runner) handOver(ctx context.Context) ([]inheritedCtr, error) {
-	ch := make(chan []inheritedCtr, 1)
+// snapshotRequest asks the run loop for the rule's records; it holds the
+// rule still until resume is closed.
+type snapshotRequest struct {
+	records chan []inheritedCtr
+	resume  <-chan struct{}
+}
+
+// handOver returns the rule's records, for a successor, and holds the rule
+// still until resume is called (or the hand-over's time is up).
+func (rn *runner) handOver(ctx context.Context) ([]inheritedCtr, func(), error) {
+	req := snapshotRequest{records: make(chan []inheritedCtr, 1)}
+	resume := make(chan struct{})
+	req.resume = resume
 	select {
-	case rn.snapshots <- ch:
+	case rn.snapshots <- req:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("the deploy rule's records: %w", ctx.Err())
+		return nil, nil, fmt.Errorf("the deploy rule's records: %w", ctx.Err())
 	}
-	return <-ch, nil
+	return <-req.records, sync.OnceFunc(func() { close(resume) }), nil
 }
 
 func (rn *runner) idle(id string) bool {
