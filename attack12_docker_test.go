@@ -198,6 +198,11 @@ type fakeHandover struct {
 
 func startFakeHandover(t *testing.T, before func(), after func(ack string)) *fakeHandover {
 	t.Helper()
+	return startFakeHandoverConfirming(t, before, after, true)
+}
+
+func startFakeHandoverConfirming(t *testing.T, before func(), after func(ack string), confirm bool) *fakeHandover {
+	t.Helper()
 	f := &fakeHandover{control: filepath.Join(t.TempDir(), "ctl.sock")}
 	cln, err := net.ListenUnix("unix", &net.UnixAddr{Name: f.control, Net: "unix"})
 	if err != nil {
@@ -211,13 +216,13 @@ func startFakeHandover(t *testing.T, before func(), after func(ack string)) *fak
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cf.Close() })
-	f.acks = fakePredecessorOn(cln, func() ([]int, []byte) {
+	f.acks = fakePredecessorConfirming(cln, func() ([]int, []byte) {
 		if before != nil {
 			before()
 		}
 		return []int{fd, int(cf.Fd())}, stateMsg(t, handoverState{Version: 1, PID: os.Getpid(),
 			Listeners: []handoverSocket{{Kind: "port", Port: uint16(f.port)}, {Kind: "control"}}})
-	}, after)
+	}, after, confirm)
 	return f
 }
 
@@ -358,4 +363,22 @@ func TestDockerAttackDrainAcrossRestart(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "the drained container removed", func() bool { return !ctrExists(t, x.id) })
 	waitExit(t, p.procProxy, 30*time.Second, "the old process")
+}
+
+// TestDockerLateAckStops: a predecessor that does not confirm the ack (its
+// step timed out: it serves on) must not be left accepting beside a
+// successor that also runs the deploy rule: the successor stops, exit 1.
+func TestDockerLateAckStops(t *testing.T) {
+	tag := newTag(t, "v1")
+	f := startFakeHandoverConfirming(t, nil, nil, false)
+	pp := startBinary(t, "", f.args(tag)...)
+	pp.logs.waitLog(t, 20*time.Second, "the hand-over did not complete: the running proxy serves on, and this one stops")
+	select {
+	case <-pp.exited:
+		if code := processExit(pp.err); code != 1 {
+			t.Errorf("the successor exited %v; want status 1", pp.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the successor did not stop")
+	}
 }

@@ -53,6 +53,13 @@ func fakePredecessor(t *testing.T, fds []int, msg []byte) (string, <-chan string
 // is called once the ack (or less, up to the end) has been read, before
 // the connection closes.
 func fakePredecessorOn(ln *net.UnixListener, send func() ([]int, []byte), after func(ack string)) <-chan string {
+	return fakePredecessorConfirming(ln, send, after, true)
+}
+
+// fakePredecessorConfirming is fakePredecessorOn that, with confirm
+// false, reads the ack and does not confirm it, as a predecessor whose
+// step timed out.
+func fakePredecessorConfirming(ln *net.UnixListener, send func() ([]int, []byte), after func(ack string), confirm bool) <-chan string {
 	acks := make(chan string, 1)
 	go func() {
 		defer close(acks)
@@ -82,6 +89,9 @@ func fakePredecessorOn(ln *net.UnixListener, send func() ([]int, []byte), after 
 		}
 		ack := make([]byte, len(handoverAck))
 		n, _ := io.ReadFull(br, ack)
+		if confirm && string(ack[:n]) == handoverAck {
+			_, _ = c.Write([]byte(handoverStop)) // as a predecessor that stops now
+		}
 		if after != nil {
 			after(string(ack[:n]))
 		}

@@ -52,7 +52,8 @@ const (
 	handoverHeader  = "Docker-Proxy-Listen"
 	handoverTimeout = 10 * time.Second // each step of the exchange
 	handoverAck     = "accepting\n"
-	handoverMax     = 16 << 20 // the state, at most
+	handoverStop    = "stopping\n" // O's answer to the ack: it stops accepting now
+	handoverMax     = 16 << 20     // the state, at most
 )
 
 // listenID names what a proxy listens on, for a successor to match:
@@ -225,6 +226,9 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	if _, err := io.ReadFull(brw, ack); err != nil || string(ack) != handoverAck {
 		return fmt.Errorf("the successor did not take over: %q, %v", ack, err)
 	}
+	if _, err := io.WriteString(conn, handoverStop); err != nil {
+		return fmt.Errorf("confirm to the successor: %w", err)
+	}
 	c.log.Info("handed over to a new process: no new connections here; open ones may finish")
 	_ = conn.SetDeadline(time.Time{})
 	kept = true
@@ -368,6 +372,15 @@ func takeOver(path string, cfg config) (*takeover, error) {
 func (t *takeover) accepting() error {
 	_ = t.conn.SetDeadline(time.Now().Add(handoverTimeout))
 	_, err := t.conn.Write([]byte(handoverAck))
+	if err == nil {
+		// An ack the predecessor no longer waited for (its step timed
+		// out) is not taken: it serves on, and says so by not
+		// confirming.
+		got := make([]byte, len(handoverStop))
+		if _, rerr := io.ReadFull(t.conn, got); rerr != nil || string(got) != handoverStop {
+			err = fmt.Errorf("the predecessor did not confirm: %q, %v", got, rerr)
+		}
+	}
 	if err != nil {
 		_ = t.conn.Close()
 		close(t.gone)

@@ -218,7 +218,8 @@ func serve(ctx context.Context, abort <-chan struct{}, cfg config, docker docker
 // serveFrom is serve, after taking over from a predecessor (t) or not
 // (nil). A successor, in turn, ends ctx's part here: it takes over.
 func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker dockerAPI, lns []*net.TCPListener, log *slog.Logger, t *takeover) error {
-	stopped := ctx // told to stop, not handed over
+	stopped := ctx    // told to stop, not handed over
+	var refused error // the predecessor did not take this one's ack
 	ctx, handedOver := context.WithCancel(ctx)
 	defer handedOver()
 	sel, err := newSelector(cfg.tag, cfg.labels)
@@ -310,7 +311,11 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		// exit.
 		notifyReady(log)
 		if err := t.accepting(); err != nil {
-			log.Warn("the predecessor did not hear that this process accepts: both accept until it stops", "err", err)
+			// Two proxies must not both accept and run the rule: the
+			// one that serves on is the predecessor.
+			log.Error("the hand-over did not complete: the running proxy serves on, and this one stops", "err", err)
+			refused = fmt.Errorf("the running proxy did not hand over: %w", err)
+			handedOver()
 		} else if ctl != nil && cln == handed.control {
 			ctl.claim() // the control socket's path is this process's now
 		}
@@ -339,7 +344,7 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	case <-time.After(closeWait):
 		log.Error("stopped with connections still closing", "open", p.reg.count())
 	}
-	return nil
+	return refused
 }
 
 // waitInherited waits until the predecessor's records are in the rule
