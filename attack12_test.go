@@ -209,14 +209,16 @@ func TestAttackTakeOverBogusPredecessor(t *testing.T) {
 				_ = tk.accepting()
 				<-acks
 				<-tk.gone // the predecessor closed: so has the successor's end
-				if got := openFDs(t) - before; got != used {
+				// (Fewer is other tests' connections closing meanwhile;
+				// a leak is more.)
+				if got := openFDs(t) - before; got > used {
 					t.Errorf("after the take-over the successor holds %d more descriptors; want %d (what it uses)", got, used)
 				}
 				tk.socks.close()
 				return
 			}
 			<-acks
-			if got := openFDs(t); got != before {
+			if got := openFDs(t); got > before {
 				t.Errorf("after a failed take-over the successor holds %d descriptors; want %d as before", got, before)
 			}
 		})
