@@ -145,27 +145,21 @@ func TestDockerAttackSIGTERMMidHandover(t *testing.T) {
 		t.Fatalf("takeOver: %v", err)
 	}
 	defer tk.socks.close()
-	ino := socketInode(t, tk.socks.control)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// Until the old process has closed its control socket.
-	// (or has exited: it does not wait for the hand-over on its way out).
-	eventually(t, 10*time.Second, "the old process closed its control socket", func() bool {
-		select {
-		case <-p.exited:
-			return true
-		default:
-		}
-		for _, l := range procFDs(t, p.cmd.Process.Pid) {
-			if l == ino {
-				return false
-			}
-		}
-		return true
-	})
+	// Until the old process has stopped accepting: it then waits for the
+	// hand-over under way, to confirm the ack, before it exits.
+	p.logs.waitLog(t, 10*time.Second, "stopped")
+	select {
+	case <-p.exited:
+		t.Fatal("the old process exited with the successor's ack unconfirmed")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// Unconfirmed, a successor stops: with the old one stopping too,
+	// nobody would accept.
 	if err := tk.accepting(); err != nil {
-		t.Logf("ack: %v", err)
+		t.Errorf("the old process, told to stop mid-hand-over, did not confirm the ack: %v", err)
 	}
 	waitExit(t, p.procProxy, 20*time.Second, "the old process")
 	if _, err := os.Lstat(p.control); err != nil {

@@ -160,6 +160,9 @@ type control struct {
 	source    *handoverSource // what a successor takes over; nil: nothing
 	handing   atomic.Bool     // a hand-over is under way
 
+	handMu  sync.Mutex    // guards handEnd
+	handEnd chan struct{} // closed when the hand-over under way ends (nil: none yet)
+
 	pathMu sync.Mutex // guards released, and the control socket's unlink-on-close
 	// released: the control socket's descriptor may be a successor's:
 	// closing it must not remove its path.

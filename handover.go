@@ -122,10 +122,33 @@ func (c *control) takeoverRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "a hand-over is under way", http.StatusConflict)
 		return
 	}
+	end := make(chan struct{})
+	defer close(end)
+	c.handMu.Lock()
+	c.handEnd = end
+	c.handMu.Unlock()
 	err := c.sendSockets(w, r, h)
 	if err != nil {
 		c.handing.Store(false)
 		c.log.Warn("hand-over failed: serving on", "err", err)
+	}
+}
+
+// waitHandover waits, up to timeout or until abort is closed, for a
+// hand-over under way to end: a process told to stop after it sent its
+// listeners must still confirm the successor's ack before it exits, or the
+// successor, unconfirmed, stops too and nobody accepts.
+func (c *control) waitHandover(timeout time.Duration, abort <-chan struct{}) {
+	c.handMu.Lock()
+	end := c.handEnd
+	c.handMu.Unlock()
+	if end == nil {
+		return
+	}
+	select {
+	case <-end:
+	case <-time.After(timeout):
+	case <-abort:
 	}
 }
 

@@ -147,6 +147,9 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 	case <-time.After(closeWait):
 		log.Error("stopped with connections still closing", "open", p.reg.count())
 	}
+	if ctl != nil {
+		ctl.waitHandover(handoverTimeout, abort)
+	}
 	return refused
 }
 
