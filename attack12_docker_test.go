@@ -192,10 +192,10 @@ type fakeHandover struct {
 
 func startFakeHandover(t *testing.T, before func(), after func(ack string)) *fakeHandover {
 	t.Helper()
-	return startFakeHandoverConfirming(t, before, after, true)
+	return startFakeHandoverAnswering(t, before, after, handoverStop)
 }
 
-func startFakeHandoverConfirming(t *testing.T, before func(), after func(ack string), confirm bool) *fakeHandover {
+func startFakeHandoverAnswering(t *testing.T, before func(), after func(ack string), answer string) *fakeHandover {
 	t.Helper()
 	f := &fakeHandover{control: filepath.Join(t.TempDir(), "ctl.sock")}
 	cln, err := net.ListenUnix("unix", &net.UnixAddr{Name: f.control, Net: "unix"})
@@ -210,13 +210,13 @@ func startFakeHandoverConfirming(t *testing.T, before func(), after func(ack str
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cf.Close() })
-	f.acks = fakePredecessorConfirming(cln, func() ([]int, []byte) {
+	f.acks = fakePredecessorAnswering(cln, func() ([]int, []byte) {
 		if before != nil {
 			before()
 		}
 		return []int{fd, int(cf.Fd())}, stateMsg(t, handoverState{Version: 1, PID: os.Getpid(),
 			Listeners: []handoverSocket{{Kind: "port", Port: uint16(f.port)}, {Kind: "control"}}})
-	}, after, confirm)
+	}, after, answer)
 	return f
 }
 
@@ -359,12 +359,12 @@ func TestDockerAttackDrainAcrossRestart(t *testing.T) {
 	waitExit(t, p.procProxy, 30*time.Second, "the old process")
 }
 
-// TestDockerLateAckStops: a predecessor that does not confirm the ack (its
-// step timed out: it serves on) must not be left accepting beside a
-// successor that also runs the deploy rule: the successor stops, exit 1.
+// TestDockerLateAckStops: a predecessor that refuses the ack (its step
+// timed out: it serves on) must not be left accepting beside a successor
+// that also runs the deploy rule: the successor stops, exit 1.
 func TestDockerLateAckStops(t *testing.T) {
 	tag := newTag(t, "v1")
-	f := startFakeHandoverConfirming(t, nil, nil, false)
+	f := startFakeHandoverAnswering(t, nil, nil, handoverRefuse)
 	pp := startBinary(t, "", f.args(tag)...)
 	pp.logs.waitLog(t, 20*time.Second, "the hand-over did not complete: the running proxy serves on, and this one stops")
 	select {
@@ -374,5 +374,23 @@ func TestDockerLateAckStops(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the successor did not stop")
+	}
+}
+
+// TestDockerAckUnansweredServes: a predecessor that dies after sending its
+// listeners (no answer to the ack) leaves the successor serving, not
+// stopping too: somebody must accept.
+func TestDockerAckUnansweredServes(t *testing.T) {
+	tag := newTag(t, "v1")
+	c := startCtr(t, tag)
+	f := startFakeHandoverAnswering(t, nil, nil, "")
+	pp := startBinary(t, "", f.args(tag)...)
+	pp.logs.waitLog(t, 20*time.Second, "the predecessor did not answer the hand-over: serving")
+	_ = f.data.Close() // the dead predecessor's copy of the port
+	waitServed(t, "127.0.0.1:"+strconv.Itoa(f.port), c, 20*time.Second)
+	select {
+	case <-pp.exited:
+		t.Fatalf("the successor exited: %v", pp.err)
+	default:
 	}
 }

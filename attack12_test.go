@@ -53,13 +53,13 @@ func fakePredecessor(t *testing.T, fds []int, msg []byte) (string, <-chan string
 // is called once the ack (or less, up to the end) has been read, before
 // the connection closes.
 func fakePredecessorOn(ln *net.UnixListener, send func() ([]int, []byte), after func(ack string)) <-chan string {
-	return fakePredecessorConfirming(ln, send, after, true)
+	return fakePredecessorAnswering(ln, send, after, handoverStop)
 }
 
-// fakePredecessorConfirming is fakePredecessorOn that, with confirm
-// false, reads the ack and does not confirm it, as a predecessor whose
-// step timed out.
-func fakePredecessorConfirming(ln *net.UnixListener, send func() ([]int, []byte), after func(ack string), confirm bool) <-chan string {
+// fakePredecessorAnswering is fakePredecessorOn that answers a good ack
+// with answer: handoverStop (it stops), handoverRefuse (its step timed
+// out: it serves on), or "" (nothing: it died).
+func fakePredecessorAnswering(ln *net.UnixListener, send func() ([]int, []byte), after func(ack string), answer string) <-chan string {
 	acks := make(chan string, 1)
 	go func() {
 		defer close(acks)
@@ -89,8 +89,8 @@ func fakePredecessorConfirming(ln *net.UnixListener, send func() ([]int, []byte)
 		}
 		ack := make([]byte, len(handoverAck))
 		n, _ := io.ReadFull(br, ack)
-		if confirm && string(ack[:n]) == handoverAck {
-			_, _ = c.Write([]byte(handoverStop)) // as a predecessor that stops now
+		if answer != "" && string(ack[:n]) == handoverAck {
+			_, _ = c.Write([]byte(answer))
 		}
 		if after != nil {
 			after(string(ack[:n]))

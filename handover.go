@@ -49,6 +49,7 @@ const (
 	handoverTimeout = 10 * time.Second // each step of the exchange
 	handoverAck     = "accepting\n"
 	handoverStop    = "stopping\n" // O's answer to the ack: it stops accepting now
+	handoverRefuse  = "refusing\n" // O's answer to a late ack: it serves on (as long as handoverStop)
 	handoverMax     = 16 << 20     // the state, at most
 )
 
@@ -243,6 +244,9 @@ func (c *control) sendSockets(w http.ResponseWriter, r *http.Request, h *handove
 	}
 	ack := make([]byte, len(handoverAck))
 	if _, err := io.ReadFull(brw, ack); err != nil || string(ack) != handoverAck {
+		// This one serves on: a successor whose ack comes now must stop.
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = io.WriteString(conn, handoverRefuse)
 		return fmt.Errorf("the successor did not take over: %q, %v", ack, err)
 	}
 	if _, err := io.WriteString(conn, handoverStop); err != nil {

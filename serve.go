@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -113,14 +114,22 @@ func serveFrom(ctx context.Context, abort <-chan struct{}, cfg config, docker do
 		// systemd hears of the new main process before the old one may
 		// exit.
 		notifyReady(log)
-		if err := t.accepting(); err != nil {
+		err := t.accepting()
+		if errors.Is(err, errAckRefused) {
 			// Two proxies must not both accept and run the rule: the
 			// one that serves on is the predecessor.
 			log.Error("the hand-over did not complete: the running proxy serves on, and this one stops", "err", err)
 			refused = fmt.Errorf("the running proxy did not hand over: %w", err)
 			handedOver()
-		} else if ctl != nil && cln == handed.control {
-			ctl.claim() // the control socket's path is this process's now
+		} else {
+			if err != nil {
+				// A predecessor that died after it sent its listeners:
+				// this one is all there is.
+				log.Warn("the predecessor did not answer the hand-over: serving", "err", err)
+			}
+			if ctl != nil && cln == handed.control {
+				ctl.claim() // the control socket's path is this process's now
+			}
 		}
 	}
 	<-ctx.Done()

@@ -148,6 +148,12 @@ func takeOver(path string, cfg config) (*takeover, error) {
 	return t, nil
 }
 
+// Outcomes of accepting besides success.
+var (
+	errAckRefused    = errors.New("the predecessor refused the ack: it serves on")
+	errAckUnanswered = errors.New("the predecessor did not answer the ack (gone?)")
+)
+
 // accepting tells the predecessor that this process accepts now: it stops.
 // Then t.gone is closed once the predecessor is done (or at once, if it
 // did not hear).
@@ -156,11 +162,16 @@ func (t *takeover) accepting() error {
 	_, err := t.conn.Write([]byte(handoverAck))
 	if err == nil {
 		// An ack the predecessor no longer waited for (its step timed
-		// out) is not taken: it serves on, and says so by not
-		// confirming.
+		// out) is refused: it serves on, and this one must stop. No
+		// answer at all is a predecessor that died meanwhile: this one
+		// serves on.
 		got := make([]byte, len(handoverStop))
-		if _, rerr := io.ReadFull(t.conn, got); rerr != nil || string(got) != handoverStop {
-			err = fmt.Errorf("the predecessor did not confirm: %q, %v", got, rerr)
+		_, rerr := io.ReadFull(t.conn, got)
+		switch {
+		case rerr == nil && string(got) == handoverRefuse:
+			err = errAckRefused
+		case rerr != nil || string(got) != handoverStop:
+			err = fmt.Errorf("%w: %q, %v", errAckUnanswered, got, rerr)
 		}
 	}
 	if err != nil {
