@@ -170,7 +170,7 @@ func startTLSBridge(t testing.TB, p *testPKI) *apiBridge {
 // test process's Docker or DOCKER_PROXY_ variables).
 func startBinaryEnv(t testing.TB, env []string, args ...string) *procProxy {
 	t.Helper()
-	args = append([]string{"-log_format", "json", "-log_level", "debug"}, args...)
+	args = append([]string{"-log_format", "json", "-log_level", "debug", "-control", filepath.Join(t.TempDir(), "ctl.sock")}, args...)
 	cmd := exec.Command(proxyBinary(t), args...)
 	cmd.Env = append(cleanEnv(), env...)
 	return runBinary(t, cmd)
