@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 // The subcommands: docker-proxy wait, deploy and status are clients of a
@@ -75,4 +78,17 @@ func report(stderr io.Writer, name string, err error) int {
 		fmt.Fprintf(stderr, "docker-proxy %s: %v\n", name, err)
 	}
 	return exitCode(err)
+}
+
+// withProxy finds the proxy's control socket and runs fn with a client of
+// it, until fn returns or SIGINT or SIGTERM; it returns the exit code, after
+// one line saying why when fn failed.
+func withProxy(name string, cf ctlFlags, stderr io.Writer, fn func(ctx context.Context, c *ctlClient) error) int {
+	path, err := cf.findControl()
+	if err != nil {
+		return report(stderr, name, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return report(stderr, name, fn(ctx, newCtlClient(path)))
 }

@@ -60,6 +60,17 @@ func controlPath(cfg config) string {
 }
 
 func autoControlPath(address string, ports []portMap) string {
+	name := address + "-" + hostPortList(ports) + ".sock"
+	if len(controlDir)+1+len(name) > maxUnixPath {
+		sum := sha256.Sum256([]byte(name))
+		name = hex.EncodeToString(sum[:10]) + ".sock"
+	}
+	return filepath.Join(controlDir, name)
+}
+
+// hostPortList is the host ports, sorted and comma-delimited: the same for
+// any order of -ports.
+func hostPortList(ports []portMap) string {
 	hosts := make([]int, len(ports))
 	for i, p := range ports {
 		hosts[i] = int(p.host)
@@ -69,12 +80,7 @@ func autoControlPath(address string, ports []portMap) string {
 	for i, h := range hosts {
 		parts[i] = strconv.Itoa(h)
 	}
-	name := address + "-" + strings.Join(parts, ",") + ".sock"
-	if len(controlDir)+1+len(name) > maxUnixPath {
-		sum := sha256.Sum256([]byte(name))
-		name = hex.EncodeToString(sum[:10]) + ".sock"
-	}
-	return filepath.Join(controlDir, name)
+	return strings.Join(parts, ",")
 }
 
 // listenControl opens the control socket at path. A socket left by a

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -47,14 +44,10 @@ func deployMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "docker-proxy deploy: unexpected argument %q: the container to copy is the serving one (see -h)\n", fs.Arg(0))
 		return exitUsage
 	}
-	path, err := cf.findControl()
-	if err != nil {
-		return report(stderr, "deploy", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	d := deployer{ctl: newCtlClient(path), ref: ref, env: env, docker: docker, dryRun: dryRun, keep: keep, wait: o}
-	return report(stderr, "deploy", d.run(ctx, stdout, stderr))
+	return withProxy("deploy", cf, stderr, func(ctx context.Context, c *ctlClient) error {
+		d := deployer{ctl: c, ref: ref, env: env, docker: docker, dryRun: dryRun, keep: keep, wait: o}
+		return d.run(ctx, stdout, stderr)
+	})
 }
 
 // deployer is one docker-proxy deploy.

@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -56,16 +54,7 @@ const (
 // listenID names what a proxy listens on, for a successor to match:
 // the address and the sorted host ports.
 func listenID(address string, ports []portMap) string {
-	hosts := make([]int, len(ports))
-	for i, p := range ports {
-		hosts[i] = int(p.host)
-	}
-	slices.Sort(hosts)
-	parts := make([]string, len(hosts))
-	for i, h := range hosts {
-		parts[i] = strconv.Itoa(h)
-	}
-	return address + " " + strings.Join(parts, ",")
+	return address + " " + hostPortList(ports)
 }
 
 // handoverState is what O sends with its descriptors.

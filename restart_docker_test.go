@@ -176,20 +176,14 @@ func TestDockerRestartsUnderLoad(t *testing.T) {
 }
 
 // draining returns the status entry of a container in its grace period.
-func draining(s *status, id string) *ctrStatus {
-	for i := range s.Draining {
-		if s.Draining[i].ID == id {
-			return &s.Draining[i]
-		}
-	}
-	return nil
-}
+func draining(s *status, id string) *ctrStatus { return in(s, id, "draining") }
 
-func pending(s *status, id string) *ctrStatus {
-	for i := range s.Pending {
-		if s.Pending[i].ID == id {
-			return &s.Pending[i]
-		}
+func pending(s *status, id string) *ctrStatus { return in(s, id, "pending") }
+
+// in returns id's entry in s if it is in the list named list.
+func in(s *status, id, list string) *ctrStatus {
+	if c, where := s.entry(id); where == list {
+		return c
 	}
 	return nil
 }

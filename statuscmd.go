@@ -29,27 +29,23 @@ func statusMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "docker-proxy status: unexpected argument %q (see -h)\n", fs.Arg(0))
 		return exitUsage
 	}
-	path, err := cf.findControl()
-	if err != nil {
-		return report(stderr, "status", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), statusWait)
-	defer cancel()
-	s, err := newCtlClient(path).status(ctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		err = failf(exitUnknown, "no docker-proxy answered on %s within %v", path, statusWait)
-	}
-	if err != nil {
-		return report(stderr, "status", err)
-	}
-	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(s)
-		return exitOK
-	}
-	printStatus(stdout, s)
-	return exitOK
+	return withProxy("status", cf, stderr, func(ctx context.Context, c *ctlClient) error {
+		ctx, cancel := context.WithTimeout(ctx, statusWait)
+		defer cancel()
+		s, err := c.status(ctx)
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			return failf(exitUnknown, "no docker-proxy answered on %s within %v", c.path, statusWait)
+		case err != nil:
+			return err
+		case asJSON:
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(s)
+		}
+		printStatus(stdout, s)
+		return nil
+	})
 }
 
 // printStatus writes s for a person: a heading line, then one line per

@@ -130,3 +130,23 @@ func (rn *runner) publish(now time.Time) {
 	rn.snap.Store(s)
 	rn.feed.publish(s, evs)
 }
+
+// entry returns the container id's entry in s and the list it is in
+// ("serving", "pending", "draining", "ignored" or "retired"; "" when s
+// lists it nowhere).
+func (s *status) entry(id string) (*ctrStatus, string) {
+	if s.Serving != nil && s.Serving.ID == id {
+		return s.Serving, "serving"
+	}
+	for _, l := range []struct {
+		name string
+		cs   []ctrStatus
+	}{{"pending", s.Pending}, {"draining", s.Draining}, {"ignored", s.Ignored}, {"retired", s.Retired}} {
+		for i := range l.cs {
+			if l.cs[i].ID == id {
+				return &l.cs[i], l.name
+			}
+		}
+	}
+	return nil, ""
+}

@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 )
 
@@ -29,13 +26,9 @@ func waitMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "docker-proxy wait: want one CONTAINER (id, short id or name), got %d arguments (see -h)\n", fs.NArg())
 		return exitUsage
 	}
-	path, err := cf.findControl()
-	if err != nil {
-		return report(stderr, "wait", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return report(stderr, "wait", o.wait(ctx, newCtlClient(path), fs.Arg(0), stdout, stderr))
+	return withProxy("wait", cf, stderr, func(ctx context.Context, c *ctlClient) error {
+		return o.wait(ctx, c, fs.Arg(0), stdout, stderr)
+	})
 }
 
 // waitOptions are the flags of wait, which deploy shares.

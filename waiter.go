@@ -65,24 +65,8 @@ func orUnknown(s string) string {
 	return s
 }
 
-// find returns the target's entry in s and the list it is in ("" when
-// s lists it nowhere).
-func (w *waiter) find(s *status) (*ctrStatus, string) {
-	if s.Serving != nil && s.Serving.ID == w.target.ID {
-		return s.Serving, "serving"
-	}
-	for _, l := range []struct {
-		name string
-		cs   []ctrStatus
-	}{{"pending", s.Pending}, {"draining", s.Draining}, {"ignored", s.Ignored}, {"retired", s.Retired}} {
-		for i := range l.cs {
-			if l.cs[i].ID == w.target.ID {
-				return &l.cs[i], l.name
-			}
-		}
-	}
-	return nil, ""
-}
+// find returns the target's entry in s and the list it is in.
+func (w *waiter) find(s *status) (*ctrStatus, string) { return s.entry(w.target.ID) }
 
 // status takes a status document: whether the deploy is done, or an error
 // when it failed.
