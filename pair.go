@@ -92,8 +92,7 @@ func (p *pair) forward() error {
 			if _, err := p.up.send(server, n); err != nil {
 				return err
 			}
-			_, err = p.up.copy(server)
-			return err
+			return p.up.copy(server)
 		}
 		m, err := p.up.read(room)
 		p.up.sent.Add(float64(m))
@@ -261,7 +260,7 @@ func (p *pair) serverToClient() {
 			p.commit()
 			if n > 0 {
 				if _, err = p.down.send(p.client, n); err == nil {
-					_, err = p.down.copy(p.client)
+					err = p.down.copy(p.client)
 				}
 			}
 			break
