@@ -195,7 +195,9 @@ func straceCounts(out string) map[string]int64 {
 }
 
 // perf samples t during a connection-rate run and prints kernel against
-// user time, and for docker-proxy the hottest symbols.
+// user time and the hottest symbols (more of them for docker-proxy): the
+// kernel's share in finish_task_switch, threads switched in, is the cost
+// of waking threads that a single-threaded event loop does not pay.
 func (b *bench) perf(ctx context.Context, t *target, dur time.Duration) {
 	pids := treePids(t.pid())
 	step("perf record %s (pid %s): connection rate for %v", t.name, pids, dur)
@@ -210,13 +212,14 @@ func (b *bench) perf(ctx context.Context, t *target, dur time.Duration) {
 		return
 	}
 	fmt.Println(top(string(dso), 6))
-	if t.name != tDP {
-		return
-	}
 	sym, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
 		"--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.7").CombinedOutput()
 	if err == nil {
-		fmt.Println(top(string(sym), 30))
+		n := 10
+		if t.name == tDP {
+			n = 30
+		}
+		fmt.Println(top(string(sym), n))
 	}
 }
 
