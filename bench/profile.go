@@ -195,9 +195,8 @@ func straceCounts(out string) map[string]int64 {
 }
 
 // perf samples t during a connection-rate run and prints kernel against
-// user time and the hottest symbols (more of them for docker-proxy): the
-// kernel's share in finish_task_switch, threads switched in, is the cost
-// of waking threads that a single-threaded event loop does not pay.
+// user time and the hottest symbols, more of them for docker-proxy, so
+// that its profile can be read beside the others'.
 func (b *bench) perf(ctx context.Context, t *target, dur time.Duration) {
 	pids := treePids(t.pid())
 	step("perf record %s (pid %s): connection rate for %v", t.name, pids, dur)
