@@ -37,14 +37,11 @@ type copier struct {
 	buf    *[bufSize]byte        // from bufs while it holds bytes, else nil
 	data   []byte                // what wait read that the caller has not taken
 	queued int                   // bytes queued in the socket, to splice (bulk)
-	bulk   bool                  // the last read filled buf: look before reading
 	err    error                 // set by ready
 	sent   prometheus.Counter    // bytes copied
-
 	out    syscall.RawConn       // copy's destination, which ready writes to; nil outside copy
 	write  func(fd uintptr) bool // c.writeOut, bound once
-	wrote  int                   // what writeOut wrote
-	werr   error                 // and its error
+	bulk   bool                  // the last read filled buf: look before reading
 	passed bool                  // ready wrote what it read to out: nothing to take
 	inq    bool                  // src has TCP_INQ on: each read tells what stays queued
 	noInq  bool                  // and setting it failed: do not try again
@@ -165,14 +162,13 @@ func (c *copier) ready(fd uintptr) bool {
 // room, and tells whether all of it went. What did not go, copy's send
 // writes, waiting as long as it must; after an error, wait returns it.
 func (c *copier) pass() bool {
-	c.wrote, c.werr = 0, nil
+	n := len(c.data)
 	if err := c.out.Write(c.write); err != nil {
-		c.werr = err // the destination is closed
+		c.err = err // the destination is closed
 	}
-	c.sent.Add(float64(c.wrote))
-	c.data = c.data[c.wrote:]
-	if c.werr != nil {
-		c.err, c.data = c.werr, nil
+	c.sent.Add(float64(n - len(c.data)))
+	if c.err != nil {
+		c.data = nil
 	}
 	c.release()
 	return c.err == nil && c.buf == nil
@@ -188,9 +184,9 @@ func (c *copier) writeOut(fd uintptr) bool {
 			continue
 		case err == syscall.EAGAIN:
 		case err != nil:
-			c.werr = err
+			c.err = err
 		default:
-			c.wrote = n
+			c.data = c.data[n:]
 		}
 		return true
 	}
