@@ -35,6 +35,9 @@ type proxy struct {
 
 	kept atomic.Int64 // bytes of kept buffers handed out (see keep.go)
 
+	idle   chan accepted // to a handler waiting for a connection
+	idlers atomic.Int32  // handlers waiting on idle
+
 	lastDrop atomic.Int64 // unix second of the last "not forwarded" log line
 	m        *metrics
 }
@@ -54,6 +57,7 @@ func newProxy(route *router, ports []portMap, hold time.Duration, maxConns int, 
 		dialer:    net.Dialer{Timeout: dialTimeout(hold), KeepAlive: -1},
 		replayMax: defaultReplayBytes,
 		reg:       newConns(),
+		idle:      make(chan accepted),
 		m:         newMetrics(ports),
 		log:       log,
 	}
@@ -140,7 +144,11 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 		p.m.accepted[i].Inc()
 		p.m.active[i].Inc()
 		p.open.Add(1)
-		go p.handle(c, i)
+		select {
+		case p.idle <- accepted{c, i}: // a handler whose stack has grown takes it
+		default:
+			go p.handler(accepted{c, i})
+		}
 	}
 }
 
@@ -161,6 +169,36 @@ func (p *proxy) takeSlot(ctx context.Context, i int) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// accepted is a connection for a handler: the client and its listener.
+type accepted struct {
+	c *net.TCPConn
+	i int
+}
+
+// maxIdleHandlers bounds the handlers kept waiting for a connection.
+const maxIdleHandlers = 8
+
+// handler handles a, then waits for another connection while fewer than
+// maxIdleHandlers wait. Dialing grows a goroutine's stack from 2 to 8 KiB
+// (two copies of it); a kept handler grows it once, not once per
+// connection, and a connection's copy loops still start on small stacks.
+func (p *proxy) handler(a accepted) {
+	for {
+		p.handle(a.c, a.i)
+		if p.idlers.Add(1) > maxIdleHandlers {
+			p.idlers.Add(-1)
+			return
+		}
+		select {
+		case a = <-p.idle:
+			p.idlers.Add(-1)
+		case <-p.life.Done():
+			p.idlers.Add(-1)
+			return
+		}
 	}
 }
 
