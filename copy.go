@@ -23,13 +23,6 @@ import (
 // After wait reports n bytes, the caller takes them with send (to another
 // connection) or read (into a buffer of its own). Every loop over wait
 // makes progress: wait returns bytes, EOF or an error, or blocks.
-//
-// Inside copy, ready also writes each message on to the destination
-// itself, without blocking, and goes on reading in the same
-// RawConn.Read (see pass). That is what lets it skip the read that says
-// EAGAIN: the poller is armed for the whole call, so once a read leaves
-// nothing queued (TCP_INQ says so, and says a FIN is pending too), any
-// byte that comes later wakes it.
 type copier struct {
 	src    *net.TCPConn
 	raw    syscall.RawConn
@@ -37,14 +30,9 @@ type copier struct {
 	buf    *[bufSize]byte        // from bufs while it holds bytes, else nil
 	data   []byte                // what wait read that the caller has not taken
 	queued int                   // bytes queued in the socket, to splice (bulk)
+	bulk   bool                  // the last read filled buf: look before reading
 	err    error                 // set by ready
 	sent   prometheus.Counter    // bytes copied
-	out    syscall.RawConn       // copy's destination, which ready writes to; nil outside copy
-	write  func(fd uintptr) bool // c.writeOut, bound once
-	bulk   bool                  // the last read filled buf: look before reading
-	passed bool                  // ready wrote what it read to out: nothing to take
-	inq    bool                  // src has TCP_INQ on: each read tells what stays queued
-	noInq  bool                  // and setting it failed: do not try again
 }
 
 // bufSize is the size of a pooled buffer: nginx's proxy_buffer_size.
@@ -66,9 +54,9 @@ func (c *copier) from(src *net.TCPConn) error {
 	}
 	c.src, c.raw = src, raw
 	c.release()
-	c.data, c.bulk, c.out, c.inq, c.noInq = nil, false, nil, false, false
+	c.data, c.bulk = nil, false
 	if c.check == nil {
-		c.check, c.write = c.ready, c.writeOut
+		c.check = c.ready
 	}
 	return nil
 }
@@ -78,46 +66,41 @@ func (c *copier) wait() (int, error) {
 	if len(c.data) > 0 {
 		return len(c.data), nil
 	}
-	for {
-		c.err, c.queued, c.passed = nil, 0, false
-		if err := c.raw.Read(c.check); err != nil {
-			return 0, err
-		}
-		switch {
-		case c.err != nil:
-			return 0, c.err
-		case c.data != nil:
-			return len(c.data), nil
-		case !c.passed:
-			return c.queued, nil
-		}
+	c.err, c.queued = nil, 0
+	if err := c.raw.Read(c.check); err != nil {
+		return 0, err
 	}
+	switch {
+	case c.err != nil:
+		return 0, c.err
+	case c.data != nil:
+		return len(c.data), nil
+	}
+	return c.queued, nil
 }
 
 // ready is called by RawConn.Read: it reports true once src had bytes,
-// EOF or an error, and false to wait for readability. Inside copy it
-// passes what it read on itself, and reports true only when the bytes
-// did not all go, or the copy must splice.
+// EOF or an error, and false to wait for readability.
 func (c *copier) ready(fd uintptr) bool {
+	if c.bulk {
+		n, err := queued(fd)
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			return false
+		case err != nil:
+			c.err = err
+			return true
+		case n == 0 || n >= spliceMin:
+			c.queued = n // EOF, or a backlog to splice
+			return true
+		}
+		c.bulk = false // a small message: read it
+	}
+	if c.buf == nil {
+		c.buf = bufs.Get().(*[bufSize]byte)
+	}
 	for {
-		if c.bulk {
-			n, err := queued(fd)
-			switch {
-			case errors.Is(err, syscall.EAGAIN):
-				return false
-			case err != nil:
-				c.err = err
-				return true
-			case n == 0 || n >= spliceMin:
-				c.queued = n // EOF, or a backlog to splice
-				return true
-			}
-			c.bulk = false // a small message: read it
-		}
-		if c.buf == nil {
-			c.buf = bufs.Get().(*[bufSize]byte)
-		}
-		n, left, err := recv(fd, c.buf[:], c.inq)
+		n, err := syscall.Read(int(fd), c.buf[:])
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -127,66 +110,11 @@ func (c *copier) ready(fd uintptr) bool {
 		case err != nil:
 			c.release()
 			c.err = err
-			return true
 		case n == 0:
 			c.release() // EOF
-			return true
-		}
-		c.data = c.buf[:n]
-		c.bulk = n == bufSize && canSplice
-		if c.out == nil || c.bulk || !c.pass() {
-			return true
-		}
-		switch {
-		case c.inq && left == 0:
-			// Nothing queued, no FIN: wait in this call, whose poller
-			// was armed before the read, so any later byte wakes it.
-			return false
-		case !c.inq && !c.noInq:
-			// A message after the first (copy starts after it): this
-			// direction carries more, and knowing when nothing is left
-			// saves a read on each. A connection of one exchange never
-			// pays the setsockopt.
-			c.inq = setInq(fd) == nil
-			c.noInq = !c.inq
-		}
-		// Something may be queued: read in a new call, which a close of
-		// either connection stops (a loop here would keep src's Close
-		// waiting for as long as a client kept sending).
-		c.passed = true
-		return true
-	}
-}
-
-// pass writes what ready read to copy's destination, without waiting for
-// room, and tells whether all of it went. What did not go, copy's send
-// writes, waiting as long as it must; after an error, wait returns it.
-func (c *copier) pass() bool {
-	n := len(c.data)
-	if err := c.out.Write(c.write); err != nil {
-		c.err = err // the destination is closed
-	}
-	c.sent.Add(float64(n - len(c.data)))
-	if c.err != nil {
-		c.data = nil
-	}
-	c.release()
-	return c.err == nil && c.buf == nil
-}
-
-// writeOut is called by RawConn.Write: one write of c.data, which may
-// take only part of it (or none: EAGAIN).
-func (c *copier) writeOut(fd uintptr) bool {
-	for {
-		n, err := syscall.Write(int(fd), c.data)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-		case err != nil:
-			c.err = err
 		default:
-			c.data = c.data[n:]
+			c.data = c.buf[:n]
+			c.bulk = n == bufSize && canSplice
 		}
 		return true
 	}
@@ -233,21 +161,17 @@ func (c *copier) send(dst *net.TCPConn, n int) (int64, error) {
 }
 
 // copy copies src to dst until EOF or an error, like io.Copy.
-func (c *copier) copy(dst *net.TCPConn) error {
-	out, err := dst.SyscallConn()
-	if err != nil {
-		return err
-	}
-	c.out = out
-	for err == nil {
-		var n int
-		if n, err = c.wait(); err == nil && n == 0 {
-			break // EOF
+func (c *copier) copy(dst *net.TCPConn) (int64, error) {
+	var written int64
+	for {
+		n, err := c.wait()
+		if err != nil || n == 0 {
+			return written, err
 		}
-		if err == nil {
-			_, err = c.send(dst, n)
+		m, err := c.send(dst, n)
+		written += m
+		if err != nil {
+			return written, err
 		}
 	}
-	c.out = nil
-	return err
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"io"
 	"net"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -49,35 +48,4 @@ func (c *copier) splice(dst *net.TCPConn, n int) (int64, error) {
 		c.bulk = false // the next wait reads, past the mark
 	}
 	return m, err
-}
-
-// recv reads from fd into b. With inq (TCP_INQ on), it also returns what
-// stays queued after the read, more than 0 while a FIN waits to be read;
-// else, or when the kernel does not say, left is -1.
-func recv(fd uintptr, b []byte, inq bool) (n, left int, err error) {
-	if !inq {
-		n, err = syscall.Read(int(fd), b)
-		return n, -1, err
-	}
-	var cmsg [(unix.SizeofCmsghdr + 8) / 8]uint64 // room for one int, aligned
-	iov := unix.Iovec{Base: &b[0]}
-	iov.SetLen(len(b))
-	msg := unix.Msghdr{Iov: &iov, Iovlen: 1, Control: (*byte)(unsafe.Pointer(&cmsg[0]))}
-	msg.SetControllen(8 * len(cmsg))
-	r, _, errno := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
-	if errno != 0 {
-		return 0, -1, errno
-	}
-	left = -1
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&cmsg[0]))
-	if msg.Controllen >= unix.SizeofCmsghdr+4 && h.Level == unix.SOL_TCP && h.Type == unix.TCP_CM_INQ {
-		left = int(*(*int32)(unsafe.Add(unsafe.Pointer(&cmsg[0]), unix.SizeofCmsghdr)))
-	}
-	return int(r), left, nil
-}
-
-// setInq asks the kernel to tell, with each read of fd, how many bytes
-// stay queued (see recv).
-func setInq(fd uintptr) error {
-	return unix.SetsockoptInt(int(fd), unix.SOL_TCP, unix.TCP_INQ, 1)
 }

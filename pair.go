@@ -92,7 +92,8 @@ func (p *pair) forward() error {
 			if _, err := p.up.send(server, n); err != nil {
 				return err
 			}
-			return p.up.copy(server)
+			_, err = p.up.copy(server)
+			return err
 		}
 		m, err := p.up.read(room)
 		p.up.sent.Add(float64(m))
@@ -260,7 +261,7 @@ func (p *pair) serverToClient() {
 			p.commit()
 			if n > 0 {
 				if _, err = p.down.send(p.client, n); err == nil {
-					err = p.down.copy(p.client)
+					_, err = p.down.copy(p.client)
 				}
 			}
 			break
