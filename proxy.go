@@ -120,6 +120,7 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 		stop()
 		_ = ln.Close()
 	}()
+	stopped := ctx.Done() // a kept handler stops waiting with this loop
 	var backoff time.Duration
 	for {
 		c, err := ln.AcceptTCP()
@@ -145,9 +146,9 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, i int) error {
 		p.m.active[i].Inc()
 		p.open.Add(1)
 		select {
-		case p.idle <- accepted{c, i}: // a handler whose stack has grown takes it
+		case p.idle <- accepted{c, i, stopped}: // a handler whose stack has grown takes it
 		default:
-			go p.handler(accepted{c, i})
+			go p.handler(accepted{c, i, stopped})
 		}
 	}
 }
@@ -172,19 +173,24 @@ func (p *proxy) takeSlot(ctx context.Context, i int) bool {
 	}
 }
 
-// accepted is a connection for a handler: the client and its listener.
+// accepted is a connection for a handler: the client, its listener, and
+// the end of the accept loop that took it.
 type accepted struct {
-	c *net.TCPConn
-	i int
+	c       *net.TCPConn
+	i       int
+	stopped <-chan struct{}
 }
 
 // maxIdleHandlers bounds the handlers kept waiting for a connection.
 const maxIdleHandlers = 8
 
 // handler handles a, then waits for another connection while fewer than
-// maxIdleHandlers wait. Dialing grows a goroutine's stack from 2 to 8 KiB
-// (two copies of it); a kept handler grows it once, not once per
-// connection, and a connection's copy loops still start on small stacks.
+// maxIdleHandlers wait and the loop that sent a still accepts (a proxy
+// that stops accepting and whose connections all finish in time never
+// calls shutdown: p.life alone would keep them for good). Dialing grows a
+// goroutine's stack from 2 to 8 KiB (two copies of it); a kept handler
+// grows it once, not once per connection, and a connection's copy loops
+// still start on small stacks.
 func (p *proxy) handler(a accepted) {
 	for {
 		p.handle(a.c, a.i)
@@ -195,6 +201,9 @@ func (p *proxy) handler(a accepted) {
 		select {
 		case a = <-p.idle:
 			p.idlers.Add(-1)
+		case <-a.stopped:
+			p.idlers.Add(-1)
+			return
 		case <-p.life.Done():
 			p.idlers.Add(-1)
 			return
