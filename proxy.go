@@ -189,8 +189,8 @@ const maxIdleHandlers = 8
 // that stops accepting and whose connections all finish in time never
 // calls shutdown: p.life alone would keep them for good). Dialing grows a
 // goroutine's stack from 2 to 8 KiB (two copies of it); a kept handler
-// grows it once, not once per connection, and a connection's copy loops
-// still start on small stacks.
+// grows it again only after a GC has shrunk it, not once per connection,
+// and a connection's copy loops still start on small stacks.
 func (p *proxy) handler(a accepted) {
 	for {
 		p.handle(a.c, a.i)
@@ -198,14 +198,15 @@ func (p *proxy) handler(a accepted) {
 			p.idlers.Add(-1)
 			return
 		}
+		more := false
 		select {
 		case a = <-p.idle:
-			p.idlers.Add(-1)
+			more = true
 		case <-a.stopped:
-			p.idlers.Add(-1)
-			return
 		case <-p.life.Done():
-			p.idlers.Add(-1)
+		}
+		p.idlers.Add(-1)
+		if !more {
 			return
 		}
 	}
