@@ -297,18 +297,3 @@ func outq(t *testing.T, c *net.TCPConn) int {
 	}
 	return n
 }
-
-// echoRoundWant writes msg and reads back want.
-func echoRoundWant(t *testing.T, c *net.TCPConn, msg, want string) {
-	t.Helper()
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	got := make([]byte, len(want))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("read the answer to %q: %v", msg, err)
-	}
-	if string(got) != want {
-		t.Fatalf("got %q; want %q", got, want)
-	}
-}

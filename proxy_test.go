@@ -202,15 +202,21 @@ func dialTCP(tb testing.TB, addr string) *net.TCPConn {
 // echoRound writes msg and reads len(msg) bytes back.
 func echoRound(tb testing.TB, c *net.TCPConn, msg string) {
 	tb.Helper()
+	echoRoundWant(tb, c, msg, msg)
+}
+
+// echoRoundWant writes msg and reads back want.
+func echoRoundWant(tb testing.TB, c *net.TCPConn, msg, want string) {
+	tb.Helper()
 	if _, err := io.WriteString(c, msg); err != nil {
 		tb.Fatalf("write: %v", err)
 	}
-	got := make([]byte, len(msg))
+	got := make([]byte, len(want))
 	if _, err := io.ReadFull(c, got); err != nil {
-		tb.Fatalf("read echo of %q: %v", msg, err)
+		tb.Fatalf("read the answer to %q: %v", msg, err)
 	}
-	if string(got) != msg {
-		tb.Fatalf("echo: got %q; want %q", got, msg)
+	if string(got) != want {
+		tb.Fatalf("answer to %q: got %q; want %q", msg, got, want)
 	}
 }
 
