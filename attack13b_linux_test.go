@@ -1,7 +1,8 @@
 package main
 
-// More attacks on the copy loop's message path (commit 4542d4d); these
-// held up. Real sockets on 127.0.0.1; every wait is bounded.
+// More attacks on the copy loop's message path, made on commit 4542d4d
+// (since reverted); these held up there and hold now. Real sockets on
+// 127.0.0.1; every wait is bounded.
 
 import (
 	"crypto/sha256"
@@ -65,8 +66,8 @@ func TestAttack13UrgentWithInq(t *testing.T) {
 }
 
 // TestAttack13ShutdownWhileStreaming: shutdown while a client streams
-// small writes without a pause (the up copier is always inside a read
-// callback) and a server streams back, and while a server stops reading
+// small writes without a pause (the up copier is always reading or
+// writing) and a server streams back, and while a server stops reading
 // (the up copier blocks in a write): shutdown returns at once and both
 // ends close.
 func TestAttack13ShutdownWhileStreaming(t *testing.T) {

@@ -1,7 +1,8 @@
 package main
 
-// Tests of the copy loop's message path: bytes that ready writes on
-// itself, inside the read it made (see copier.pass). Real sockets on
+// Tests of the copy loop's small-message path (a pooled buffer, one read
+// and one write) and its hand-off to splice: messages of every size, a
+// reader that stalls, shutdown between messages. Real sockets on
 // 127.0.0.1, no Docker.
 
 import (
@@ -98,10 +99,10 @@ func closeOnce(ch chan struct{}) {
 	}
 }
 
-// TestCopierShutdownEndsWaitingMessagePath: pairs whose copy loops wait
-// inside a read (the message path, after several exchanges) close at
-// shutdown, as idle ones always did.
-func TestCopierShutdownEndsWaitingMessagePath(t *testing.T) {
+// TestCopierShutdownBetweenMessages: pairs whose copy loops wait between
+// messages, after several exchanges, close at shutdown, as idle ones
+// always did.
+func TestCopierShutdownBetweenMessages(t *testing.T) {
 	srv := startLoopServer(t, echoConn)
 	rig := startProxyRig(t, srv.backend("a"), 0, 0)
 	var clients []*net.TCPConn
