@@ -21,55 +21,32 @@ import (
 // stop waiting once the loop that gave it its connection has stopped.
 func TestAttack13hHandlersEndWithServe(t *testing.T) {
 	srv := startLoopServer(t, echoConn)
-	route := newRouter()
-	ln := listenLoopback(t)
-	p := newProxy(route, []portMap{{host: 1, container: 1}}, 30*time.Second, 0, slog.New(slog.DiscardHandler))
+	rig := startProxyRig(t, nil, 30*time.Second, 0)
 	t.Cleanup(func() { // frees what the test leaves, pass or fail
-		p.shutdown()
-		waitUntil(t, 5*time.Second, "no handler after shutdown", func() bool { return p.idlers.Load() == 0 })
+		rig.p.shutdown()
+		waitUntil(t, 5*time.Second, "no handler after shutdown", func() bool { return rig.p.idlers.Load() == 0 })
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() { errc <- p.serve(ctx, ln, 0) }()
-	addr := ln.Addr().String()
 
 	// A burst of held connections: one handler each.
 	const burst = 2 * maxIdleHandlers
 	var clients []*net.TCPConn
 	for range burst {
-		clients = append(clients, dialTCP(t, addr))
+		clients = append(clients, dialTCP(t, rig.addr))
 	}
-	waitUntil(t, 5*time.Second, "every connection held", func() bool { return p.reg.count() == burst })
-	route.store(srv.backend("a"))
+	waitUntil(t, 5*time.Second, "every connection held", func() bool { return rig.p.reg.count() == burst })
+	rig.route.store(srv.backend("a"))
 	for _, c := range clients {
 		echoRound(t, c, "hi")
 		_ = c.Close()
 	}
-	waitUntil(t, 5*time.Second, "every pair closed", func() bool { return p.reg.count() == 0 })
-	waitUntil(t, 5*time.Second, "handlers kept", func() bool { return p.idlers.Load() == maxIdleHandlers })
+	waitUntil(t, 5*time.Second, "every pair closed", func() bool { return rig.p.reg.count() == 0 })
+	waitUntil(t, 5*time.Second, "handlers kept", func() bool { return rig.p.idlers.Load() == maxIdleHandlers })
 
 	// The proxy stops accepting; every connection is already closed, so
 	// serve.go would never call p.shutdown.
-	cancel()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatalf("serve: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("serve still running 5s after its context ended")
-	}
-	if !waitGroupFor(&p.open, 5*time.Second) {
-		t.Fatal("connections still open")
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for p.idlers.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d handlers still wait for a connection 5s after the proxy stopped accepting, with no connection open (p.life never ends without p.shutdown)", p.idlers.Load())
-		}
-		time.Sleep(5 * time.Millisecond) // polling, bounded by the deadline
-	}
+	rig.stop()
+	waitUntil(t, 5*time.Second, "no handler waiting once the proxy stopped accepting, with no connection open (p.life never ends without p.shutdown)",
+		func() bool { return rig.p.idlers.Load() == 0 })
 }
 
 // handlerGoroutines counts goroutines in (*proxy).handler.
@@ -109,11 +86,5 @@ func TestAttack13hServeLeavesNoHandler(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not return")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for handlerGoroutines() > before {
-		if time.Now().After(deadline) {
-			t.Fatalf("serve returned, and %d of its handlers still wait for a connection 5s later", handlerGoroutines()-before)
-		}
-		time.Sleep(5 * time.Millisecond) // polling, bounded by the deadline
-	}
+	waitUntil(t, 5*time.Second, "no handler of serve's proxy left after serve returned", func() bool { return handlerGoroutines() <= before })
 }

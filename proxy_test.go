@@ -137,6 +137,7 @@ type proxyRig struct {
 	p     *proxy
 	ln    *net.TCPListener
 	addr  string
+	stop  func() // ends serve and waits for it and for every pair (once)
 }
 
 // startProxyRig runs a proxy with b as the current backend (none if nil).
@@ -155,7 +156,7 @@ func startProxyRig(tb testing.TB, b *backend, hold time.Duration, maxConns int, 
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- p.serve(ctx, ln, 0) }()
-	tb.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-errc:
@@ -166,10 +167,11 @@ func startProxyRig(tb testing.TB, b *backend, hold time.Duration, maxConns int, 
 			tb.Errorf("serve still running 5s after its context ended")
 		}
 		if !waitGroupFor(&p.open, 5*time.Second) {
-			tb.Errorf("connections still open 5s after the test ended")
+			tb.Errorf("connections still open 5s after serve ended")
 		}
 	})
-	return &proxyRig{route: route, p: p, ln: ln, addr: ln.Addr().String()}
+	tb.Cleanup(stop)
+	return &proxyRig{route: route, p: p, ln: ln, addr: ln.Addr().String(), stop: stop}
 }
 
 // waitGroupFor waits for wg up to d and reports whether it finished.
