@@ -20,27 +20,12 @@ import (
 // kept waiting for a connection no loop would ever send. A handler must
 // stop waiting once the loop that gave it its connection has stopped.
 func TestAttack13hHandlersEndWithServe(t *testing.T) {
-	srv := startLoopServer(t, echoConn)
 	rig := startProxyRig(t, nil, 30*time.Second, 0)
 	t.Cleanup(func() { // frees what the test leaves, pass or fail
 		rig.p.shutdown()
 		waitUntil(t, 5*time.Second, "no handler after shutdown", func() bool { return rig.p.idlers.Load() == 0 })
 	})
-
-	// A burst of held connections: one handler each.
-	const burst = 2 * maxIdleHandlers
-	var clients []*net.TCPConn
-	for range burst {
-		clients = append(clients, dialTCP(t, rig.addr))
-	}
-	waitUntil(t, 5*time.Second, "every connection held", func() bool { return rig.p.reg.count() == burst })
-	rig.route.store(srv.backend("a"))
-	for _, c := range clients {
-		echoRound(t, c, "hi")
-		_ = c.Close()
-	}
-	waitUntil(t, 5*time.Second, "every pair closed", func() bool { return rig.p.reg.count() == 0 })
-	waitUntil(t, 5*time.Second, "handlers kept", func() bool { return rig.p.idlers.Load() == maxIdleHandlers })
+	keepHandlers(t, rig, 2*maxIdleHandlers)
 
 	// The proxy stops accepting; every connection is already closed, so
 	// serve.go would never call p.shutdown.

@@ -29,9 +29,18 @@ func TestProxyReusesHandlers(t *testing.T) {
 // TestProxyIdleHandlersBounded: after a burst of held connections, at most
 // maxIdleHandlers handlers stay to wait for more, and shutdown ends them.
 func TestProxyIdleHandlersBounded(t *testing.T) {
-	srv := startLoopServer(t, echoConn)
 	rig := startProxyRig(t, nil, 30*time.Second, 0)
-	const burst = 3 * maxIdleHandlers
+	keepHandlers(t, rig, 3*maxIdleHandlers)
+	rig.p.shutdown()
+	waitUntil(t, 5*time.Second, "no handler waiting after shutdown", func() bool { return rig.p.idlers.Load() == 0 })
+}
+
+// keepHandlers holds burst connections on rig (which has no backend),
+// then gives them a backend, answers and closes each, and waits until the
+// most handlers it may keep wait for more.
+func keepHandlers(t *testing.T, rig *proxyRig, burst int) {
+	t.Helper()
+	srv := startLoopServer(t, echoConn)
 	var clients []*net.TCPConn
 	for range burst {
 		clients = append(clients, dialTCP(t, rig.addr))
@@ -44,6 +53,4 @@ func TestProxyIdleHandlersBounded(t *testing.T) {
 	}
 	waitUntil(t, 5*time.Second, "every pair closed", func() bool { return rig.p.reg.count() == 0 })
 	waitUntil(t, 5*time.Second, "handlers waiting", func() bool { return rig.p.idlers.Load() == maxIdleHandlers })
-	rig.p.shutdown()
-	waitUntil(t, 5*time.Second, "no handler waiting after shutdown", func() bool { return rig.p.idlers.Load() == 0 })
 }
